@@ -1,0 +1,70 @@
+"""The contract every part of cxr-triage shares: tensor names, dtypes, model names, priorities.
+
+Training exports networks with these names, conversion checks them, the model repository's configs
+are written from them, the server's Python models read them, and the client sends them. Change a
+value here and every part follows; nothing else in the project spells these out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- Tensors ---------------------------------------------------------------------------------
+#: Classifier input: one grayscale image per item, uint8, [1, S, S] (Triton adds the batch axis).
+IMAGE = "IMAGE"
+IMAGE_DTYPE = np.uint8
+IMAGE_TRITON_DTYPE = "UINT8"
+
+#: Classifier output: softmax probabilities per class, float32, shape [C].
+PROBS = "PROBS"
+PROBS_DTYPE = np.float32
+PROBS_TRITON_DTYPE = "FP32"
+
+#: Ensemble / preprocess input: the encoded file (PNG, JPEG or DICOM bytes), BYTES, shape [1].
+IMAGE_BYTES = "IMAGE_BYTES"
+IMAGE_BYTES_TRITON_DTYPE = "BYTES"
+
+# --- Models ----------------------------------------------------------------------------------
+#: The ensemble for thin clients: encoded bytes -> preprocess -> deployed classifier variant.
+ENSEMBLE_MODEL = "pneumonia"
+PREPROCESS_MODEL = "preprocess"
+CLASSIFIER_PREFIX = "pneumonia_"
+#: Variants served by the embedded CPU server (Python backend running onnxruntime).
+CPU_VARIANTS = ("fp32", "int8")
+#: Variants served as TensorRT plans on GPU servers.
+TENSORRT_VARIANTS = ("trt_fp16", "trt_int8")
+
+
+def classifier_model(variant: str) -> str:
+    """Triton model name of a classifier variant, e.g. ``int8`` -> ``pneumonia_int8``."""
+    return f"{CLASSIFIER_PREFIX}{variant}"
+
+
+# --- Classes ---------------------------------------------------------------------------------
+#: The class that triage flags as urgent when its probability reaches the operating threshold.
+POSITIVE_CLASS = "PNEUMONIA"
+NEGATIVE_CLASS = "NORMAL"
+DEFAULT_CLASSES = (NEGATIVE_CLASS, POSITIVE_CLASS)
+
+# --- Priorities (Triton dynamic batching, priority_levels: 2) -------------------------------
+PRIORITY_STAT = 1  # urgent studies: served first
+PRIORITY_ROUTINE = 2  # the default level
+PRIORITIES = {"stat": PRIORITY_STAT, "routine": PRIORITY_ROUTINE}
+
+# --- Model-card fields carried in config.pbtxt `parameters` ---------------------------------
+#: Keys of the model card that the repository writes into each classifier's config parameters,
+#: so a client reads the operating point from the server instead of shipping it.
+PARAM_THRESHOLD = "threshold"
+PARAM_CLASSES = "classes"  # comma-separated, in output order
+PARAM_POSITIVE_CLASS = "positive_class"
+PARAM_IMAGE_SIZE = "image_size"
+PARAM_ARCH = "arch"
+PARAM_VARIANT = "variant"
+PARAM_FINGERPRINT = "data_fingerprint"
+#: In the ensemble's config: the classifier it routes to (the deployed variant).
+PARAM_DEPLOYED_MODEL = "deployed_model"
+
+# --- Image handling --------------------------------------------------------------------------
+#: Decompression-bomb guard: refuse images above this many pixels (a 6k x 6k radiograph is 36 MP).
+MAX_PIXELS = 80_000_000
+DEFAULT_IMAGE_SIZE = 224

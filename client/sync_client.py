@@ -1,0 +1,185 @@
+"""``TriageClient``: the synchronous gRPC client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from client.inputs import Input
+from client.protocol import (
+    Backoff,
+    Failure,
+    ModelInfo,
+    Result,
+    TriageError,
+    classify_error,
+    is_retryable,
+    to_prediction,
+)
+from client.requests import (
+    Connection,
+    PreparedRequest,
+    discovery,
+    prepare,
+    priority_level,
+    read_probs,
+)
+
+
+class TriageClient:
+    """Pneumonia triage over Triton gRPC.
+
+    ``model=None`` follows the ``pneumonia`` ensemble to the deployed classifier and sends it
+    locally decoded uint8 images; ``server_preprocess=True`` sends encoded files to the ensemble.
+    Every call is bounded by ``timeout`` seconds, retries included.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str | None = None,
+        *,
+        server_preprocess: bool = False,
+        priority: str = "routine",
+        timeout: float = 30.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        headers: dict[str, str] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.connection = Connection(
+            url, ssl, root_certificates, private_key, certificate_chain, timeout, headers
+        )
+        self._client = grpcclient.InferenceServerClient(**self.connection.client_kwargs())
+        self._model = model
+        self._server_preprocess = server_preprocess
+        self._priority = priority_level(priority)
+        self._backoff = backoff or Backoff()
+        self._info: ModelInfo | None = None
+
+    # -- model discovery -----------------------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        """The model requests go to, its image size, classes and operating threshold (cached)."""
+        if self._info is None:
+            steps = discovery(self._model, self._server_preprocess)
+            name = next(steps)
+            while True:
+                try:
+                    name = steps.send(self.model_config(name))
+                except StopIteration as done:
+                    self._info = done.value
+                    break
+        return self._info
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        """A model's config as JSON."""
+        return self._call(self._client.get_model_config, name, as_json=True)["config"]
+
+    # -- inference -----------------------------------------------------------------------------
+    def predict(
+        self,
+        inputs: Input | Iterable[Input],
+        priority: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Result]:
+        """Triage each input: a :class:`Prediction` or a :class:`Failure` per input, in order."""
+        items = [inputs] if not isinstance(inputs, list | tuple) else list(inputs)
+        info = self.model_info()
+        level = priority_level(priority) if priority else self._priority
+        results: list[Result] = []
+        for index, value in enumerate(items):
+            request = prepare(value, index, info)
+            if isinstance(request, Failure):
+                results.append(request)
+                continue
+            results.append(self._infer(request, info, level, timeout or self.connection.timeout))
+        return results
+
+    def _infer(
+        self, request: PreparedRequest, info: ModelInfo, level: int, timeout: float
+    ) -> Result:
+        started = time.perf_counter()
+        deadline = started + timeout
+        try:
+            result = self._with_retries(
+                deadline,
+                lambda remaining: self._client.infer(
+                    request.model,
+                    request.inputs,
+                    outputs=request.outputs,
+                    priority=level,
+                    client_timeout=remaining,
+                    headers=self.connection.headers,
+                ),
+            )
+            probs, version = read_probs(result)
+        except TriageError as err:
+            return Failure(request.source, err.code, str(err))
+        latency = (time.perf_counter() - started) * 1000
+        return to_prediction(request.source, probs, info, version, latency)
+
+    def _with_retries(self, deadline: float, call):
+        from tritonclient.utils import InferenceServerException
+
+        delays = self._backoff.delays()
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TriageError(
+                    "deadline_exceeded", "deadline_exceeded: no time left for a retry"
+                )
+            try:
+                return call(remaining)
+            except InferenceServerException as err:
+                delay = next(delays, None) if is_retryable(err) else None
+                if delay is None or time.perf_counter() + delay >= deadline:
+                    raise classify_error(err) from err
+                time.sleep(delay)
+
+    def _call(self, method, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.perf_counter() + self.connection.timeout
+        return self._with_retries(
+            deadline,
+            lambda remaining: method(
+                *args, **kwargs, headers=self.connection.headers, client_timeout=remaining
+            ),
+        )
+
+    # -- health and metadata -------------------------------------------------------------------
+    def is_live(self) -> bool:
+        """Whether the server answers."""
+        return bool(self._call(self._client.is_server_live))
+
+    def is_ready(self, model: str | None = None) -> bool:
+        """Whether the server (or one model) is ready for inference."""
+        if model:
+            return bool(self._call(self._client.is_model_ready, model))
+        return bool(self._call(self._client.is_server_ready))
+
+    def server_metadata(self) -> dict[str, Any]:
+        """Server name, version and extensions."""
+        return self._call(self._client.get_server_metadata, as_json=True)
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """A model's versions, inputs and outputs."""
+        return self._call(self._client.get_model_metadata, name, as_json=True)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model in the repository with its state (an admin call: needs the admin key
+        header when the server restricts the model-repository protocol)."""
+        return self._call(self._client.get_model_repository_index, as_json=True).get("models", [])
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._client.close()
+
+    def __enter__(self) -> TriageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

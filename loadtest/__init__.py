@@ -1,0 +1,1 @@
+"""Locust load tests over gRPC, SLO checks and the configuration sweep (``loadtest`` extra)."""

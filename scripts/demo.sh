@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default (no GPU, no Docker):
+# data -> cxr train -> cxr convert -> cxr serve -> cxr client predict -> Locust (20 s) -> stop.
+# DATA: a Kermany-style folder or a MedMNIST .npz (default: synthetic images made here).
+set -euo pipefail
+WORK=${WORK:-build/demo}
+REPO="$WORK/model_repository"
+GRPC_PORT=${GRPC_PORT:-8001}
+mkdir -p "$WORK"
+
+step() { printf '\n== %s\n' "$*"; }
+
+if [[ -z "${DATA:-}" ]]; then
+  DATA="$WORK/data"
+  step "synthetic data (clearly labelled SYNTHETIC) -> $DATA"
+  cxr data synth --out "$DATA" --count 600 --image-size 128
+fi
+
+step "train (ResNet-18 from scratch: ImageNet weights are not downloaded here)"
+cxr train --data "$DATA" --out "$WORK/run" --pretrained none --epochs "${EPOCHS:-4}" --image-size 64
+
+step "convert: ONNX + INT8, parity and accuracy gate, publish into $REPO"
+cxr convert "$WORK/run" --repo "$REPO"
+cxr repo check "$REPO"
+
+step "serve: embedded Triton on 127.0.0.1:$GRPC_PORT"
+cxr serve --repo "$REPO" --grpc-port "$GRPC_PORT" --http-port $((GRPC_PORT - 1)) \
+  --metrics-port $((GRPC_PORT + 1)) > "$WORK/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  cxr client health --url "127.0.0.1:$GRPC_PORT" --timeout 1 >/dev/null 2>&1 && break
+  kill -0 $SERVER 2>/dev/null || { cat "$WORK/serve.log"; exit 1; }
+  sleep 0.5
+done
+cat "$WORK/serve.log"
+
+step "predict a few images"
+SAMPLES=$(find "$DATA" -type f \( -name '*.png' -o -name '*.jpeg' -o -name '*.jpg' -o -name '*.dcm' \) | sort | head -n 6)
+if [[ -z "$SAMPLES" ]]; then SAMPLES=$(find "$WORK/data" -name '*.png' 2>/dev/null | sort | head -n 6); fi
+if [[ -n "$SAMPLES" ]]; then
+  # shellcheck disable=SC2086
+  cxr client predict $SAMPLES --url "127.0.0.1:$GRPC_PORT" || true
+fi
+
+step "load test: Locust, 20 s headless"
+cxr loadtest run --url "127.0.0.1:$GRPC_PORT" --users 8 --duration 20s \
+  --html "$WORK/locust.html" --csv "$WORK/locust" || true
+
+step "stop the server"
+kill -TERM $SERVER
+wait $SERVER || true
+trap - EXIT
+echo "demo finished: artefacts in $WORK"

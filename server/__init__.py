@@ -1,0 +1,1 @@
+"""Serving: the Triton model repository, the embedded server, and its Python-backend models."""

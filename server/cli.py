@@ -1,0 +1,141 @@
+"""``cxr serve``, ``cxr repo build|check`` and ``cxr certs dev``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+repo_app = typer.Typer(no_args_is_help=True, help="Build and check the Triton model repository.")
+certs_app = typer.Typer(no_args_is_help=True, help="Throw-away TLS certificates for testing.")
+DEFAULT_REPO = Path("model_repository")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print an error and return the Exit(2) to raise."""
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@repo_app.command("build")
+def build_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = DEFAULT_REPO,
+    deploy: Annotated[
+        str | None, typer.Option(help="Variant the ensemble routes to (default: int8, else fp32).")
+    ] = None,
+) -> None:
+    """Rewrite every config from the models present (cards read from the ONNX metadata)."""
+    from server.repository import classifiers_in, deployable, publish_classifier, publish_front
+
+    classifiers = classifiers_in(repo)
+    if not classifiers:
+        raise fail(f"{repo}: no classifier ONNX found (run `cxr convert RUN_DIR --repo {repo}`)")
+    for clf in classifiers:
+        publish_classifier(repo, clf)
+    try:
+        deployed = deployable([c for c in classifiers if not c.tensorrt], deploy)
+    except ValueError as err:
+        raise fail(str(err)) from err
+    publish_front(repo, deployed)
+    console.print(f"wrote {len(classifiers)} classifier(s); ensemble routes to {deployed.name}")
+
+
+@repo_app.command("check")
+def check_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = DEFAULT_REPO,
+    gpu_cc: Annotated[
+        str | None, typer.Option(help="Compute capability engines must match, e.g. 9.0.")
+    ] = None,
+) -> None:
+    """Check configs, files, ONNX I/O and engines; exit 1 listing every problem."""
+    from server.check import check_repository
+
+    problems = check_repository(repo, gpu_cc)
+    for problem in problems:
+        console.print(f"[red]x[/red] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green] {repo}")
+
+
+def serve_command(
+    repo: Annotated[Path, typer.Option(help="Model repository folder.")] = DEFAULT_REPO,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless told).")
+    ] = "127.0.0.1",
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(envvar="CXR_ADMIN_KEY", help="Key for admin protocols (header admin-key)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Server certificate (PEM): gRPC TLS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="CA of client certificates: mutual TLS.")
+    ] = None,
+) -> None:
+    """Run the embedded Triton server until Ctrl-C or SIGTERM."""
+    from server.triton import TLS, ServerConfig, ServerError, TritonServer
+
+    if (tls_cert is None) != (tls_key is None):
+        raise fail("--tls-cert and --tls-key go together")
+    for path in (tls_cert, tls_key, tls_ca):
+        if path is not None and not path.is_file():
+            raise fail(f"{path}: no such file")
+    tls = TLS(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None
+    config = ServerConfig(repo, host, grpc_port, http_port, metrics_port, admin_key, tls)
+    server = TritonServer(config)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        server.start()
+    except (ServerError, ImportError) as err:
+        raise fail(str(err)) from err
+    try:
+        for name, reason in (server.plan.skipped if server.plan else {}).items():
+            console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
+        for name, (state, reason) in server.model_states.items():
+            colour = "green" if state == "READY" else "red"
+            console.print(f"[{colour}]{state}[/{colour}] {name} {reason}", highlight=False)
+        scheme = "grpcs (TLS)" if tls else "grpc"
+        console.print(
+            f"serving {repo} (pid {server.process.pid if server.process else '?'})\n"
+            f"  {scheme}:  {server.grpc_url}\n  http:  {server.http_url}\n"
+            f"  metrics: {server.metrics_url}\n"
+            f"  admin protocols: {'restricted by key' if admin_key else 'open'}\n"
+            "Ctrl-C to stop.",
+            highlight=False,
+        )
+        while not stop.wait(1.0):
+            if server.process is not None and server.process.poll() is not None:
+                raise fail(
+                    f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}"
+                )
+    finally:
+        server.stop()
+        console.print("stopped")
+
+
+@certs_app.command("dev")
+def certs_dev_command(
+    out: Annotated[Path, typer.Argument(help="Folder for the CA, server and client files.")],
+    host: Annotated[list[str] | None, typer.Option(help="Server host names / IPs.")] = None,
+) -> None:
+    """Make a throw-away CA with server and client certificates (for tests, never production)."""
+    from server.certs import make_dev_certs
+
+    certs = make_dev_certs(out, tuple(host or ("localhost", "127.0.0.1")))
+    for name, path in vars(certs).items():
+        console.print(f"{name}: {path}")
+    os.sync()

@@ -1,0 +1,63 @@
+"""The import-weight rule: the client never pulls torch, torchvision or onnx, and
+``cxr client predict --help`` answers fast."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "locust")
+CLIENT_MODULES = (
+    "client",
+    "client.contract",
+    "client.imaging",
+    "client.cli",
+    "client.sync_client",
+    "client.async_client",
+    "client.results",
+)
+
+
+def imported_modules(statement: str) -> set[str]:
+    """Top-level modules imported by ``statement``, read from ``python -X importtime``."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", statement],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = set()
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", CLIENT_MODULES)
+def test_client_never_imports_heavy_packages(module: str) -> None:
+    loaded = imported_modules(f"import {module}")
+    assert module.split(".", maxsplit=1)[0] in loaded  # the measurement itself works
+    assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
+
+
+def test_client_predict_help_is_fast() -> None:
+    command = [sys.executable, "-m", "cxr", "client", "predict", "--help"]
+    subprocess.run(command, capture_output=True, check=True)  # warm the file cache
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        timings.append(time.perf_counter() - started)
+    assert "--concurrency" in done.stdout
+    assert min(timings) < 0.5, f"cxr client predict --help took {min(timings):.2f} s"
+
+
+def test_predict_help_does_not_load_heavy_packages() -> None:
+    loaded = imported_modules(
+        "import sys; sys.argv=['cxr','client','predict','--help']\n"
+        "from cxr.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    )
+    assert not loaded & set(HEAVY)

@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation of ImageNet backbones on chest X-rays (needs the ``train`` extra)."""

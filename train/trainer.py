@@ -1,0 +1,253 @@
+"""The training loop: class-balanced loss, radiograph augmentation, selection on validation AUC,
+and an operating threshold chosen for a target sensitivity."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from train import metrics
+from train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
+from train.data import TrainingData, fingerprint, load_training_data
+from train.models import GRAY_MEAN, GRAY_STD, TriageNet, build_model
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. The defaults are the recipe measured in the README."""
+
+    arch: str = "resnet18"
+    pretrained: str = "imagenet"
+    image_size: int = 64
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    target_sensitivity: float = 0.95
+    workers: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to PyTorch")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so a run repeats on the same machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random affine (rotation, scale, shift) and brightness/contrast jitter.
+
+    No flips: a mirrored chest moves the heart to the wrong side. ``images`` are float 0..255.
+    """
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        r = torch.rand(n, generator=generator, device=images.device)
+        return low + (high - low) * r
+
+    angle = uniform(-8, 8) * math.pi / 180
+    scale = uniform(0.9, 1.1)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, uniform(-0.06, 0.06)], dim=1),
+            torch.stack([sin, cos, uniform(-0.06, 0.06)], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+    contrast = uniform(0.85, 1.15).view(n, 1, 1, 1)
+    brightness = uniform(-12, 12).view(n, 1, 1, 1)
+    mean = moved.mean(dim=(2, 3), keepdim=True)
+    return ((moved - mean) * contrast + mean + brightness).clamp(0, 255)
+
+
+@torch.no_grad()
+def predict_probs(model: TriageNet, images: np.ndarray, device: torch.device, batch: int = 256):
+    """Class probabilities for uint8 images ``[N, 1, S, S]`` as a float32 NumPy array."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch):
+        chunk = torch.from_numpy(images[start : start + batch]).to(device)
+        with _autocast(device):
+            outputs.append(model(chunk).float().cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
+
+
+def triage_scores(probs: np.ndarray) -> np.ndarray:
+    """The urgent score per image: 1 - P(normal class), i.e. P(pneumonia) for binary models."""
+    return 1.0 - probs[:, 0]
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
+    """Train a model on ``data_path`` and write weights, card, history and curves to ``out``."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    data = load_training_data(data_path, config.image_size, config.seed)
+    model = build_model(config.arch, len(data.train.classes), config.pretrained).to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    history = _fit(model, data, config, device, out)
+    model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location=device, weights_only=True))
+    scores = triage_scores(predict_probs(model, data.val.images, device))
+    positives = (data.val.labels != 0).astype(np.int64)
+    threshold = metrics.threshold_for_sensitivity(positives, scores, config.target_sensitivity)
+    card = ModelCard(
+        arch=config.arch,
+        classes=data.train.classes,
+        image_size=config.image_size,
+        threshold=threshold,
+        normalisation={"mean": GRAY_MEAN, "std": GRAY_STD, "input_scale": 255.0},
+        target_sensitivity=config.target_sensitivity,
+        val_metrics=metrics.binary_metrics(positives, scores, threshold),
+        val_source=data.val_source,
+        data=_describe_data(data_path, data),
+        training={
+            **asdict(config),
+            "seconds": round(time.perf_counter() - started, 1),
+            "device": str(device),
+            "best_epoch": _best(history)["epoch"],
+        },
+        versions=_versions(),
+    )
+    card.save(out)
+    _write_curves(history, out)
+    return card
+
+
+def _fit(
+    model: TriageNet, data: TrainingData, config: TrainConfig, device: torch.device, out: Path
+):
+    train_x = torch.from_numpy(data.train.images)
+    train_y = torch.from_numpy(data.train.labels)
+    counts = torch.bincount(train_y, minlength=len(data.train.classes)).float()
+    class_weights = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = max(1, math.ceil(len(train_y) / config.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    aug_generator = torch.Generator(device=device).manual_seed(config.seed)
+    val_positive = (data.val.labels != 0).astype(np.int64)
+    history: list[dict] = []
+    best_auc = -1.0
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("training", total=config.epochs * steps_per_epoch, status="")
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = torch.randperm(len(train_y), generator=generator)
+            total_loss = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                images = augment(train_x[idx].to(device).float(), aug_generator)
+                labels = train_y[idx].to(device)
+                with _autocast(device):
+                    logits = model.logits(images)
+                loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.item() * len(idx)
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"epoch {epoch}/{config.epochs}",
+                    status=f"loss {loss.item():.3f}",
+                )
+            val_probs = predict_probs(model, data.val.images, device)
+            val_loss = float(
+                F.nll_loss(
+                    torch.from_numpy(np.log(val_probs + 1e-7)), torch.from_numpy(data.val.labels)
+                )
+            )
+            val_auc = metrics.roc_auc(val_positive, triage_scores(val_probs))
+            row = {
+                "epoch": epoch,
+                "train_loss": total_loss / len(train_y),
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+            }
+            history.append(row)
+            if val_auc > best_auc:
+                best_auc = val_auc
+                torch.save(model.state_dict(), out / WEIGHTS_FILE)
+            progress.update(
+                task,
+                status=f"loss {row['train_loss']:.3f}  val AUC {val_auc:.4f}  "
+                f"(best {best_auc:.4f})",
+            )
+    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    return history
+
+
+def _best(history: list[dict]) -> dict:
+    return max(history, key=lambda row: (row["val_auc"], -row["epoch"]))
+
+
+def _describe_data(path: Path, data: TrainingData) -> dict:
+    return {
+        "path": str(path),
+        "fingerprint": fingerprint(data.train, data.val),
+        "train_counts": data.train.class_counts(),
+        "val_counts": data.val.class_counts(),
+        "skipped_files": data.train.skipped + data.val.skipped,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _write_curves(history: list[dict], out: Path) -> None:
+    from train.plots import plot_training_curves
+
+    plot_training_curves(history, out / CURVES_FILE)
