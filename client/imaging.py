@@ -287,8 +287,10 @@ def dicom_to_gray(ds: Dataset) -> np.ndarray:
     if pixels.ndim != 2:
         raise ImageDecodeError("corrupt", f"unexpected DICOM pixel array shape {pixels.shape}")
 
-    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
+    # Modality and VOI LUTs are grayscale transforms (PS3.3 C.11): colour images skip them.
+    grayscale = samples == 1 and photometric != "PALETTE COLOR"
+    has_rescale = grayscale and ("RescaleSlope" in ds or "RescaleIntercept" in ds)
+    has_voi = grayscale and ("WindowCenter" in ds or "VOILUTSequence" in ds)
     if pixels.dtype == np.uint8 and bits_stored >= 8 and not (has_rescale or has_voi):
         gray = pixels  # 8-bit display values as stored (1..7-bit images are scaled below)
     else:

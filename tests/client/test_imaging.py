@@ -384,6 +384,29 @@ def test_dicom_palette_colour_goes_through_its_palette() -> None:
     np.testing.assert_allclose(out, 255 - indices.astype(int), atol=1)
 
 
+def test_dicom_rgb_becomes_luminance_and_ignores_a_window() -> None:
+    gray = gradient(16, 16)
+    rgb = np.dstack([gray, gray, gray])
+    attributes = {
+        "Rows": 16,
+        "Columns": 16,
+        "SamplesPerPixel": 3,
+        "PlanarConfiguration": 0,
+        "PhotometricInterpretation": "RGB",
+        "BitsAllocated": 8,
+        "BitsStored": 8,
+        "HighBit": 7,
+        "PixelRepresentation": 0,
+    }
+    plain = decode_image(dicom_bytes(None, pixel_data=rgb.tobytes(), **attributes))
+    np.testing.assert_allclose(plain, gray, atol=1)
+    # A window is a grayscale (VOI) transform: on a colour image it is not applied, nor fatal.
+    windowed = dicom_bytes(
+        None, pixel_data=rgb.tobytes(), WindowCenter="40", WindowWidth="10", **attributes
+    )
+    np.testing.assert_array_equal(decode_image(windowed), plain)
+
+
 def test_dicom_without_pixel_data() -> None:
     err = refused(dicom_bytes(None, Rows=64, Columns=64), "no_pixel_data")
     assert "pixel data" in str(err).lower()
