@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from client.async_client import AsyncTriageClient
-    from client.protocol import Failure, Prediction, TriageError
+    from client.protocol import Backoff, Failure, Prediction, TriageError
     from client.sync_client import TriageClient
 
-__all__ = ["AsyncTriageClient", "Failure", "Prediction", "TriageClient", "TriageError"]
+__all__ = ["AsyncTriageClient", "Backoff", "Failure", "Prediction", "TriageClient", "TriageError"]
 
 _LAZY = {
     "TriageClient": "client.sync_client",
@@ -22,6 +22,7 @@ _LAZY = {
     "Prediction": "client.protocol",
     "Failure": "client.protocol",
     "TriageError": "client.protocol",
+    "Backoff": "client.protocol",
 }
 
 

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
-from client.inputs import Input
-from client.protocol import (
-    Backoff,
-    Failure,
-    ModelInfo,
-    Result,
-    TriageError,
-    classify_error,
-    is_retryable,
-    to_prediction,
-)
-from client.requests import Connection, discovery, prepare, priority_level, read_probs
+from client.inputs import Input, as_items, fallback_source
+from client.protocol import Attempts, Backoff, Failure, ModelInfo, Outage, Result, TriageError
+from client.requests import Connection, PreparedRequest, discovery, finish, prepare, priority_level
+
+T = TypeVar("T")
 
 
 class AsyncTriageClient:
     """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls).
 
-    Decoding runs in a thread pool while requests are in flight, so a single client keeps
-    ``concurrency`` requests outstanding.
+    :meth:`predict_stream` keeps ``concurrency`` requests in flight on one gRPC channel while
+    inputs are decoded in a thread pool.
     """
 
     def __init__(
@@ -53,6 +46,7 @@ class AsyncTriageClient:
         self._server_preprocess = server_preprocess
         self._priority = priority_level(priority)
         self._backoff = backoff or Backoff()
+        self.outage = Outage(self._backoff.maximum)
         self._info: ModelInfo | None = None
 
     async def model_info(self) -> ModelInfo:
@@ -80,60 +74,97 @@ class AsyncTriageClient:
         timeout: float | None = None,
         concurrency: int = 8,
     ) -> list[Result]:
-        """Triage each input; results in input order, one per input."""
-        items = [inputs] if not isinstance(inputs, list | tuple) else list(inputs)
+        """Triage each input; one result per input, in input order."""
+        items = as_items(inputs)
         results: list[Result | None] = [None] * len(items)
         async for index, result in self.predict_stream(items, priority, timeout, concurrency):
             results[index] = result
-        return [r for r in results if r is not None]
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
 
     async def predict_stream(
         self,
-        items: list[Input],
+        items: Iterable[Input],
         priority: str | None = None,
         timeout: float | None = None,
         concurrency: int = 8,
     ) -> AsyncIterator[tuple[int, Result]]:
-        """Yield ``(index, result)`` as each input completes, ``concurrency`` at a time."""
+        """Yield ``(index, result)`` as each input completes, ``concurrency`` in flight.
+
+        Exactly one result per input, whatever happens to it; inputs are read lazily.
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         info = await self.model_info()
         level = priority_level(priority) if priority else self._priority
-        queue: asyncio.Queue[tuple[int, Result] | None] = asyncio.Queue()
-        next_index = iter(range(len(items)))
+        pending = enumerate(items)
+        done: asyncio.Queue[tuple[int, Result] | None] = asyncio.Queue()
 
         async def worker() -> None:
-            for index in next_index:
-                result = await self.predict_one(items[index], index, info, level, timeout)
-                await queue.put((index, result))
-            await queue.put(None)
+            # Decode the next input while this one is in flight: `concurrency` requests stay
+            # outstanding, with as many decodes running beside them in the thread pool.
+            upcoming = None
+            try:
+                upcoming = self._prepare_next(pending, info)
+                while upcoming is not None:
+                    index, value, preparing = upcoming
+                    upcoming = self._prepare_next(pending, info)
+                    result = await self.predict_one(value, index, info, level, timeout, preparing)
+                    done.put_nowait((index, result))
+            finally:
+                if upcoming is not None:
+                    upcoming[2].cancel()
+                done.put_nowait(None)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(items)))]
-        finished = 0
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        running = len(workers)
         try:
-            while finished < len(workers):
-                item = await queue.get()
+            while running:
+                item = await done.get()
                 if item is None:
-                    finished += 1
+                    running -= 1
                 else:
                     yield item
         finally:
             for task in workers:
                 task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def _prepare_next(
+        self, pending: Iterator[tuple[int, Input]], info: ModelInfo
+    ) -> tuple[int, Input, asyncio.Future[PreparedRequest | Failure]] | None:
+        """Start decoding the next input in the thread pool (None when there is none left)."""
+        item = next(pending, None)
+        if item is None:
+            return None
+        index, value = item
+        loop = asyncio.get_running_loop()
+        return index, value, loop.run_in_executor(None, prepare, value, index, info)
 
     async def predict_one(
-        self, value: Input, index: int, info: ModelInfo, level: int, timeout: float | None
+        self,
+        value: Input,
+        index: int,
+        info: ModelInfo,
+        level: int,
+        timeout: float | None,
+        preparing: Awaitable[PreparedRequest | Failure] | None = None,
     ) -> Result:
-        """Prepare (in a thread) and send one input."""
-        loop = asyncio.get_running_loop()
-        request = await loop.run_in_executor(None, prepare, value, index, info)
-        if isinstance(request, Failure):
-            return request
-        started = time.perf_counter()
-        deadline = started + (timeout or self.connection.timeout)
+        """Send one input, decoded in a thread (or by ``preparing``, already started); never
+        raises: a failure is a Failure."""
+        source = fallback_source(value, index)
         try:
-            reply = await self._with_retries(
-                deadline,
+            if preparing is None:
+                preparing = asyncio.get_running_loop().run_in_executor(
+                    None, prepare, value, index, info
+                )
+            request = await preparing
+            if not isinstance(request, PreparedRequest):
+                return request
+            source = request.source
+            started = time.monotonic()
+            reply = await self._retrying(
+                timeout or self.connection.timeout,
                 lambda remaining: self._client.infer(
                     request.model,
                     request.inputs,
@@ -143,44 +174,51 @@ class AsyncTriageClient:
                     headers=self.connection.headers,
                 ),
             )
-            probs, version = read_probs(reply)
+            return finish(request, reply, info, started)
         except TriageError as err:
-            return Failure(request.source, err.code, str(err))
-        latency = (time.perf_counter() - started) * 1000
-        return to_prediction(request.source, probs, info, version, latency)
+            return Failure(source, err.code, err.message)
+        except Exception as err:  # a bug must not lose the input's row
+            return Failure(source, "client_error", f"{type(err).__name__}: {err}")
 
-    async def _with_retries(self, deadline: float, call):
+    async def _retrying(self, timeout: float, call: Callable[[float], Awaitable[T]]) -> T:
         from tritonclient.utils import InferenceServerException
 
-        delays = self._backoff.delays()
+        attempts = Attempts(timeout, self._backoff, self.outage)
         while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TriageError(
-                    "deadline_exceeded", "deadline_exceeded: no time left for a retry"
-                )
             try:
-                return await call(remaining)
+                reply = await call(attempts.budget())
             except InferenceServerException as err:
-                delay = next(delays, None) if is_retryable(err) else None
-                if delay is None or time.perf_counter() + delay >= deadline:
-                    raise classify_error(err) from err
-                await asyncio.sleep(delay)
+                await asyncio.sleep(attempts.retry_after(err))
+            else:
+                attempts.succeeded()
+                return reply
 
-    async def _call(self, method, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.perf_counter() + self.connection.timeout
-        return await self._with_retries(
-            deadline,
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        return await self._retrying(
+            self.connection.timeout,
             lambda remaining: method(
                 *args, **kwargs, headers=self.connection.headers, client_timeout=remaining
             ),
         )
+
+    # -- health and metadata -------------------------------------------------------------------
+    async def is_live(self) -> bool:
+        """Whether the server answers."""
+        return bool(await self._call(self._client.is_server_live))
 
     async def is_ready(self, model: str | None = None) -> bool:
         """Whether the server (or one model) is ready for inference."""
         if model:
             return bool(await self._call(self._client.is_model_ready, model))
         return bool(await self._call(self._client.is_server_ready))
+
+    async def server_metadata(self) -> dict[str, Any]:
+        """Server name, version and extensions."""
+        return await self._call(self._client.get_server_metadata, as_json=True)
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """A model's versions, inputs and outputs."""
+        return await self._call(self._client.get_model_metadata, name, as_json=True)
 
     async def close(self) -> None:
         """Close the channel."""

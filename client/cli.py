@@ -6,49 +6,65 @@ connection errors (nothing was sent).
 
 from __future__ import annotations
 
-import asyncio
 import glob
+import os
+import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-client_app = typer.Typer(no_args_is_help=True, help="Triage over gRPC, health, model listing.")
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _stderr():
+if TYPE_CHECKING:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    from client.results import RowWriter
+    from client.sync_client import TriageClient
+
+client_app = typer.Typer(no_args_is_help=True, help="Triage over gRPC, health, model listing.")
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Error codes that may succeed when tried again later (``--resume``).
+TRANSIENT = ("unavailable", "server_busy", "deadline_exceeded")
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line each
 
 
 def fail(message: str) -> typer.Exit:
     """Print an error and return the Exit(2) to raise."""
-    _stderr().print(f"[red]error:[/red] {message}")
+    from rich.markup import escape
+
+    _stderr().print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(EXIT_USAGE)
 
 
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files, folders (recursive, hidden files skipped) and globs, in a stable order, once each."""
+def expand_inputs(patterns: list[str], exclude: tuple[Path, ...] = ()) -> list[str]:
+    """Files, folders (recursive; hidden files and folders skipped) and globs, in a stable
+    order, once each. A path that matches nothing is kept: its row says ``not_found``."""
+    skip = {os.path.abspath(path) for path in exclude}
     found: list[str] = []
     for pattern in patterns:
-        matches = (
-            sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        )
-        if not matches:
-            found.append(pattern)  # reported as a per-input error: no such file
-        for match in matches:
-            path = Path(match)
-            if path.is_dir():
-                found += sorted(
-                    str(p)
-                    for p in path.rglob("*")
-                    if not p.is_dir() and not any(part.startswith(".") for part in p.parts[-1:])
-                )
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else []
+        for match in matches or [pattern]:
+            if os.path.isdir(match):
+                found += _walk(match)
             else:
-                found.append(match)
-    return list(dict.fromkeys(found))
+                found.append(os.path.normpath(match))
+    return [path for path in dict.fromkeys(found) if os.path.abspath(path) not in skip]
+
+
+def _walk(folder: str) -> list[str]:
+    """Every non-folder entry under ``folder`` (symlinked folders are not followed); a folder
+    that cannot be listed is kept as an input, so its row says why."""
+    found: list[str] = []
+    unreadable: list[str] = []
+    for root, dirs, files in os.walk(folder, onerror=lambda err: unreadable.append(err.filename)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.normpath(os.path.join(root, f)) for f in files if not f.startswith(".")]
+    return sorted(found) + [os.path.normpath(path) for path in unreadable]
 
 
 def _tls_kwargs(
@@ -69,6 +85,22 @@ def _tls_kwargs(
     }
 
 
+def _log_to(console: Console) -> None:
+    """Show the client's warnings (server unreachable, reachable again) on ``console``, one line
+    each, above the progress bar."""
+    import logging
+
+    from rich.markup import escape
+
+    class ConsoleHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            console.print(f"[yellow]warning:[/yellow] {escape(record.getMessage())}")
+
+    logger = logging.getLogger("client")
+    logger.handlers[:] = [ConsoleHandler()]
+    logger.setLevel(logging.WARNING)
+
+
 UrlOption = Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")]
 SslOption = Annotated[bool, typer.Option("--ssl", help="Use TLS.")]
 RootCertOption = Annotated[Path | None, typer.Option(help="CA certificate (PEM).")]
@@ -86,7 +118,9 @@ def predict_command(
     fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
-    resume: Annotated[bool, typer.Option(help="Skip inputs already done in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Keep the successes already in --out; redo errors and the rest.")
+    ] = False,
     server_preprocess: Annotated[
         bool, typer.Option(help="Send files to the ensemble (server decodes).")
     ] = False,
@@ -97,7 +131,9 @@ def predict_command(
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Triage images: one row per input, a result or a specific error."""
-    from client.results import FORMATS, RowWriter, read_rows, row_ok
+    import asyncio
+
+    from client.results import FORMATS, ResumeError, RowWriter, read_rows, resume_plan
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -105,91 +141,119 @@ def predict_command(
         raise fail(f"--priority must be routine or stat, not {priority!r}")
     if concurrency < 1:
         raise fail("--concurrency must be at least 1")
+    if timeout <= 0:
+        raise fail("--timeout must be positive")
     if resume and (out is None or fmt == "table"):
         raise fail("--resume needs --out with --format jsonl, csv or json")
+    if out is not None and out.is_dir():
+        raise fail(f"--out {out} is a folder; name a file")
     tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
-    inputs = expand_inputs(paths)
-    kept = [row for row in read_rows(out, fmt) if row_ok(row)] if resume and out else []
-    done = {row["source"] for row in kept}
-    kept = [row for row in kept if row["source"] in set(inputs)]
-    todo = [source for source in inputs if source not in done]
-    writer = RowWriter(fmt, out, list({row["source"]: row for row in kept}.values()))
+    inputs = expand_inputs(paths, exclude=(out,) if out else ())
+    if not inputs:
+        raise fail(f"no input files in {' '.join(paths)}")
     try:
-        failures = asyncio.run(
-            _run(todo, writer, url, model, priority, concurrency, server_preprocess, timeout, tls)
-        )
+        kept, todo = resume_plan(read_rows(out, fmt) if resume and out else [], inputs)
+    except ResumeError as err:
+        raise fail(f"cannot --resume: {err}") from err
+
+    console = _stderr()
+    _log_to(console)
+    failures: Counter[str] = Counter()
+    writer: RowWriter | None = None
+    elapsed: list[float] = []
+
+    async def run() -> None:
+        nonlocal writer
+        from client.async_client import AsyncTriageClient
+        from client.protocol import TriageError
+
+        options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
+        async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
+            try:
+                await triage.model_info()
+            except TriageError as err:
+                raise fail(f"cannot use {url}: {err}") from err
+            writer = RowWriter(fmt, out, kept)  # only now: a failed start leaves --out as it was
+            started = time.monotonic()
+            with _progress(console, len(todo)) as progress:
+                task = progress.add_task("triage", total=len(todo), failed=0)
+                async for _, result in triage.predict_stream(todo, concurrency=concurrency):
+                    writer.write(result)
+                    if not result.ok:
+                        failures[result.code] += 1
+                    progress.update(task, advance=1, failed=failures.total())
+            elapsed.append(time.monotonic() - started)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("interrupted: every finished row is kept; --resume continues the run")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
-        writer.close(order=inputs)
-    if out is not None:
-        _stderr().print(
-            f"{len(inputs)} inputs: {len(kept)} already done, {len(todo)} sent, "
-            f"{failures} failed -> {out}"
-        )
+        if writer is not None:
+            writer.close(order=inputs)
+    _summary(console, len(inputs), len(inputs) - len(todo), len(todo), failures, out, elapsed)
     raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
 
 
-async def _run(
-    todo: list[str],
-    writer,
-    url: str,
-    model: str | None,
-    priority: str,
-    concurrency: int,
-    server_preprocess: bool,
-    timeout: float,
-    tls: dict[str, Any],
-) -> int:
-    from rich.progress import Progress
+def _progress(console: Console, total: int):
+    """A progress bar on stderr for long runs (hidden when short or not on a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from client.async_client import AsyncTriageClient
-    from client.protocol import TriageError
+    return Progress(
+        TextColumn("triage"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=total < 20 or not console.is_terminal,
+    )
 
-    failures = 0
-    async with AsyncTriageClient(
-        url, model, server_preprocess=server_preprocess, priority=priority, timeout=timeout, **tls
-    ) as triage:
-        try:
-            await triage.model_info()
-        except TriageError as err:
-            raise fail(f"cannot use {url}: {err}") from err
-        with Progress(console=_stderr(), transient=True, disable=len(todo) < 20) as progress:
-            task = progress.add_task("triage", total=len(todo))
-            async for _, result in triage.predict_stream(todo, concurrency=concurrency):
-                writer.write(result)
-                failures += not result.ok
-                progress.advance(task)
-    return failures
+
+def _summary(
+    console: Console,
+    total: int,
+    kept: int,
+    sent: int,
+    failures: Counter[str],
+    out: Path | None,
+    elapsed: list[float],
+) -> None:
+    """One line on stderr: what was done, what failed and why, what to do next."""
+    from rich.markup import escape
+
+    line = f"{total} inputs: {kept + sent - failures.total()} ok"
+    if kept:
+        line += f" ({kept} already done)"
+    if failures:
+        reasons = ", ".join(f"{code} {count}" for code, count in failures.most_common())
+        line += f", [red]{failures.total()} failed[/red] ({reasons})"
+    if elapsed and sent:
+        line += f"; {sent} triaged in {elapsed[0]:.1f} s ({sent / max(elapsed[0], 1e-9):.0f}/s)"
+    console.print(line + (f" -> {escape(str(out))}" if out else ""))
+    transient = sum(failures[code] for code in TRANSIENT)
+    if transient and out is not None:
+        console.print(
+            f"{transient} failed because of the server (unreachable, busy or too slow): "
+            "run again with --resume to retry them"
+        )
 
 
 @client_app.command("health")
 def health_command(
     url: UrlOption = "localhost:8001",
-    ssl: SslOption = False,
-    root_cert: RootCertOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
-    timeout: TimeoutOption = 5.0,
-) -> None:
-    """Is the server live and ready? Exit 0 when ready, 1 when not, 2 when unreachable."""
-    from client.protocol import TriageError
-    from client.sync_client import TriageClient
-
-    tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
-    with TriageClient(url, timeout=timeout, **tls) as triage:
-        try:
-            live, ready = triage.is_live(), triage.is_ready()
-            meta = triage.server_metadata()
-        except TriageError as err:
-            raise fail(f"{url}: {err}") from err
-    print(f"{url}: {meta.get('name')} {meta.get('version')} live={live} ready={ready}")
-    raise typer.Exit(EXIT_OK if ready else EXIT_SOME_FAILED)
-
-
-@client_app.command("models")
-def models_command(
-    url: UrlOption = "localhost:8001",
-    admin_key: Annotated[
-        str | None, typer.Option(envvar="CXR_ADMIN_KEY", help="Admin key, for the index.")
+    model: Annotated[
+        str | None, typer.Option(help="Model that must be ready (default: the ensemble).")
     ] = None,
     ssl: SslOption = False,
     root_cert: RootCertOption = None,
@@ -197,36 +261,129 @@ def models_command(
     client_key: ClientKeyOption = None,
     timeout: TimeoutOption = 5.0,
 ) -> None:
-    """Models, versions, ready state, inputs and outputs."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """Is the server live and ready, and the model? Exit 0 ready, 1 not ready, 2 unreachable."""
+    from client import contract
     from client.protocol import TriageError
     from client.sync_client import TriageClient
 
+    model = model or contract.ENSEMBLE_MODEL
     tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
-    headers = {"admin-key": admin_key} if admin_key else None
-    table = Table("model", "version", "state", "inputs", "outputs")
-    with TriageClient(url, timeout=timeout, headers=headers, **tls) as triage:
+    with TriageClient(url, timeout=timeout, **tls) as triage:
         try:
-            index = triage.repository_index()
+            live, ready = triage.is_live(), triage.is_ready()
+            model_ready = triage.is_ready(model)
+            meta = triage.server_metadata()
         except TriageError as err:
-            raise fail(
-                f"{url}: cannot list models ({err}); pass --admin-key if the server "
-                "restricts the model-repository protocol"
-            ) from err
-        for entry in index:
-            name, state = entry["name"], entry.get("state", "")
-            inputs = outputs = ""
-            if state == "READY":
-                meta = triage.model_metadata(name)
-                inputs = ", ".join(
-                    f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["inputs"]
-                )
-                outputs = ", ".join(
-                    f"{t['name']} {t['datatype']} {t['shape']}" for t in meta["outputs"]
-                )
-            table.add_row(
-                name, entry.get("version", ""), state or entry.get("reason", ""), inputs, outputs
-            )
-    Console().print(table)
+            raise fail(f"{url}: {err}") from err
+    print(
+        f"{url}: {meta.get('name')} {meta.get('version')} live={live} ready={ready} "
+        f"{model}={'ready' if model_ready else 'NOT READY'}"
+    )
+    raise typer.Exit(EXIT_OK if ready and model_ready else EXIT_SOME_FAILED)
+
+
+@client_app.command("models")
+def models_command(
+    url: UrlOption = "localhost:8001",
+    admin_key: Annotated[
+        str | None,
+        typer.Option(envvar="CXR_ADMIN_KEY", help="Admin key: lists the whole repository."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    ssl: SslOption = False,
+    root_cert: RootCertOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
+    timeout: TimeoutOption = 5.0,
+) -> None:
+    """Models, versions, ready state, inputs and outputs.
+
+    The repository index is an admin call: without the key of a server that restricts it, the
+    models of the ``pneumonia`` ensemble are listed instead.
+    """
+    import json
+
+    from client.protocol import TriageError
+    from client.requests import admin_headers
+    from client.sync_client import TriageClient
+
+    if fmt not in ("table", "json"):
+        raise fail(f"--format must be table or json, not {fmt!r}")
+    tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
+    with TriageClient(url, timeout=timeout, headers=admin_headers(admin_key), **tls) as triage:
+        try:
+            models, note = _list_models(triage, admin_key)
+        except TriageError as err:
+            raise fail(f"{url}: cannot list models ({err})") from err
+    if fmt == "json":
+        print(json.dumps(models, indent=2))
+    else:
+        _models_table(models)
+    if note:
+        _stderr().print(note)
+
+
+def _list_models(triage: TriageClient, admin_key: str | None) -> tuple[list[dict], str]:
+    """Every model with its state, inputs and outputs, and a note when the list is partial."""
+    from client import contract
+    from client.protocol import TriageError
+
+    note = ""
+    try:
+        index = triage.repository_index()
+    except TriageError as err:
+        if err.code != "unauthorized":
+            raise
+        if admin_key:
+            raise TriageError(err.code, f"the admin key was refused ({err.message})") from err
+        note = (
+            "the server restricts the repository index: listing the models of the "
+            f"{contract.ENSEMBLE_MODEL!r} ensemble only (pass --admin-key for all)"
+        )
+        ensemble = triage.model_config(contract.ENSEMBLE_MODEL)
+        steps = ensemble.get("ensemble_scheduling", {}).get("step", [])
+        names = [contract.ENSEMBLE_MODEL, *(step["model_name"] for step in steps)]
+        index = [
+            {"name": name, "state": "READY" if triage.is_ready(name) else "UNAVAILABLE"}
+            for name in dict.fromkeys(names)
+        ]
+    models = []
+    for entry in index:
+        name = entry["name"]
+        state = entry.get("state") or "UNLOADED"  # the index gives no state to unloaded models
+        ready = state == "READY"
+        model = {
+            "name": name,
+            "versions": [entry["version"]] if entry.get("version") else [],
+            "state": state,
+            "reason": entry.get("reason", ""),
+            "inputs": [],
+            "outputs": [],
+        }
+        if ready:
+            meta = triage.model_metadata(name)
+            model["versions"] = meta.get("versions", model["versions"])
+            for kind in ("inputs", "outputs"):
+                model[kind] = [
+                    {"name": t["name"], "datatype": t["datatype"], "shape": t["shape"]}
+                    for t in meta.get(kind, [])
+                ]
+        models.append(model)
+    return models, note
+
+
+def _models_table(models: list[dict]) -> None:
+    from rich.table import Table
+
+    from client.results import print_table
+
+    def tensors(items: list[dict]) -> str:
+        return "\n".join(f"{t['name']} {t['datatype']} [{','.join(t['shape'])}]" for t in items)
+
+    table = Table("model", "versions", "state", "inputs", "outputs")
+    for m in models:
+        state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
+        table.add_row(
+            m["name"], ",".join(m["versions"]), state, tensors(m["inputs"]), tensors(m["outputs"])
+        )
+    print_table(table)

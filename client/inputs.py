@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +22,7 @@ from PIL import Image
 
 from client.imaging import (
     ImageDecodeError,
+    _read_dicom,
     as_gray,
     decode_image,
     dicom_identity,
@@ -50,6 +54,14 @@ PIXEL_ATTRIBUTES = (
     "VOILUTFunction",
     "VOILUTSequence",
     "ModalityLUTSequence",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
     "PixelData",
 )
 
@@ -58,31 +70,63 @@ Input = str | Path | bytes | np.ndarray | Image.Image | Any  # Any: a pydicom Da
 
 @dataclass
 class Prepared:
-    """One input, ready to send."""
+    """One input, read and named."""
 
     source: str  # a path, or a non-identifying handle
     data: bytes | None = None  # the encoded file when it came as a file or bytes
 
 
+def is_dataset(value: object) -> bool:
+    """Whether ``value`` is a pydicom dataset (checked without importing pydicom)."""
+    return type(value).__name__ in ("Dataset", "FileDataset") or hasattr(value, "PixelData")
+
+
+def as_items(inputs: Input | Iterable[Input]) -> list[Input]:
+    """One input, or an iterable of inputs, as a list (a dataset or an array is one input)."""
+    single = (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)
+    if isinstance(inputs, single) or is_dataset(inputs):
+        return [inputs]
+    if isinstance(inputs, Iterable):
+        return list(inputs)
+    return [inputs]
+
+
+def fallback_source(value: Input, index: int) -> str:
+    """A name for an input that could not be read: its path, or its position."""
+    return str(value) if isinstance(value, str | Path) else f"input:{index}"
+
+
 def describe(value: Input, index: int) -> Prepared:
     """Read an input once and name it without patient identifiers."""
     if isinstance(value, str | Path):
-        path = Path(value)
-        try:
-            data = path.read_bytes()
-        except IsADirectoryError as err:
-            raise ImageDecodeError("not_a_file", f"{path} is a directory") from err
-        except FileNotFoundError as err:
-            raise ImageDecodeError("not_found", f"{path}: no such file") from err
-        except OSError as err:
-            raise ImageDecodeError("unreadable", f"{path}: {err.strerror or err}") from err
-        return Prepared(str(value), data)
+        return Prepared(str(value), read_file(Path(value)))
     if isinstance(value, bytes | bytearray | memoryview):
         data = bytes(value)
         return Prepared(f"bytes:{hashlib.sha256(data).hexdigest()[:16]}", data)
-    if hasattr(value, "PixelData") or type(value).__name__ in ("Dataset", "FileDataset"):
+    if is_dataset(value):
         return Prepared(dicom_identity(value) or f"dicom:{index}")
-    return Prepared(f"{type(value).__name__.lower()}:{index}")
+    if isinstance(value, np.ndarray):
+        return Prepared(f"array:{index}")
+    if isinstance(value, Image.Image):
+        return Prepared(f"image:{index}")
+    raise ImageDecodeError("unsupported_type", f"unsupported input type {type(value).__name__}")
+
+
+def read_file(path: Path) -> bytes:
+    """A regular file's bytes; anything else (folder, pipe, missing) is a specific error."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageDecodeError("not_a_file", f"{path} is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError("not_a_file", f"{path} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise ImageDecodeError("unreadable", f"{path}: permission denied")
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise ImageDecodeError("not_found", f"{path}: no such file") from err
+    except OSError as err:
+        raise ImageDecodeError("unreadable", f"{path}: {err.strerror or err}") from err
 
 
 def local_model_input(value: Input, prepared: Prepared, size: int) -> np.ndarray:
@@ -95,26 +139,19 @@ def server_payload(value: Input, prepared: Prepared) -> bytes:
     """Encoded bytes for the server's ``preprocess``: PNG/JPEG as they are, DICOM with its
     pixel attributes only, in-memory images as PNG."""
     if prepared.data is not None:
+        if not prepared.data:
+            raise ImageDecodeError("empty", "empty input (0 bytes)")
         kind = sniff_format(prepared.data)
         if kind == "dicom":
-            return pixel_only_dicom(_read_dataset(prepared.data))
+            return pixel_only_dicom(_read_dicom(prepared.data))
         if kind is None:
             raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM file")
         return prepared.data
-    if hasattr(value, "PixelData"):
+    if is_dataset(value):
         return pixel_only_dicom(value)
     buffer = io.BytesIO()
     Image.fromarray(as_gray(value)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _read_dataset(data: bytes) -> Dataset:
-    import pydicom
-
-    try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as err:
-        raise ImageDecodeError("corrupt", f"unreadable DICOM file: {err}") from err
 
 
 def pixel_only_dicom(ds: Dataset) -> bytes:
@@ -135,6 +172,14 @@ def pixel_only_dicom(ds: Dataset) -> bytes:
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     clean.file_meta = meta
+    # A transfer syntax pydicom does not know still gets written (explicit VR little endian), so
+    # the server's decoder can name it in its error.
+    known = getattr(syntax, "is_transfer_syntax", False)
+    encoding = {} if known else {"implicit_vr": False, "little_endian": True}
     buffer = io.BytesIO()
-    clean.save_as(buffer, enforce_file_format=True)
+    try:
+        clean.save_as(buffer, enforce_file_format=True, **encoding)
+    except (ValueError, TypeError, AttributeError, OverflowError) as err:
+        message = f"DICOM pixel attributes cannot be re-encoded: {err}"
+        raise ImageDecodeError("corrupt", message) from err
     return buffer.getvalue()

@@ -1,18 +1,47 @@
-"""What the sync and asyncio clients share: results, model discovery, requests, retries."""
+"""What the sync and asyncio clients share: results, model discovery, error codes and retries.
+
+Nothing here does I/O: the clients drive :class:`Attempts` (one call's retry loop) and
+:class:`Outage` (the client's view of whether the server is reachable) with their own sleep.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+import re
+import time
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from client import contract
 
-#: gRPC status codes worth another try: the server is restarting, or its queue is full.
-RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+log = logging.getLogger("client")
+
+#: Error codes worth another try: the server is unreachable (restarting), or its queue is full or
+#: a request waited in it past the queue timeout (Triton answers both with UNAVAILABLE).
+RETRYABLE = frozenset({"unavailable", "server_busy"})
+#: Triton's messages for a full queue and for a request rejected after its queue timeout.
+BUSY_MESSAGES = ("exceeds maximum queue size", "request timeout expired")
+#: A decoding error reported by the server's ``preprocess`` model: ``"..., <code>: <message>"``,
+#: with one of the decoder's codes (``client.imaging.ImageDecodeError``).
+_SERVER_DECODE_ERROR = re.compile(r"(?:^|, )([a-z][a-z0-9_]*): (.*)$", re.DOTALL)
+DECODE_CODES = frozenset(
+    {
+        "empty",
+        "not_an_image",
+        "corrupt",
+        "truncated",
+        "too_large",
+        "no_pixel_data",
+        "unsupported_transfer_syntax",
+        "multi_frame",
+        "unsupported_type",
+        "bad_shape",
+        "decode_failed",
+    }
+)
 
 
 @dataclass
@@ -32,7 +61,7 @@ class Prediction:
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict for JSON/CSV output."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -46,7 +75,7 @@ class Failure:
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict for JSON/CSV output."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 Result = Prediction | Failure
@@ -58,6 +87,10 @@ class TriageError(RuntimeError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.args[0]}"
 
 
 @dataclass
@@ -71,20 +104,22 @@ class ModelInfo:
     server_preprocess: bool
 
     @classmethod
-    def from_configs(cls, name: str, classifier: dict[str, Any], server_preprocess: bool):
+    def from_configs(
+        cls, name: str, classifier: dict[str, Any], server_preprocess: bool
+    ) -> ModelInfo:
         """Build from the JSON config of the classifier that produces ``PROBS``."""
         params = {k: v.get("string_value", "") for k, v in classifier.get("parameters", {}).items()}
         missing = [k for k in (contract.PARAM_THRESHOLD, contract.PARAM_CLASSES) if k not in params]
-        if missing:
+        images = [i for i in classifier.get("input", []) if i.get("name") == contract.IMAGE]
+        if missing or len(images) != 1:
             raise TriageError(
                 "bad_model",
-                f"model {classifier.get('name')!r} is not a cxr-triage classifier "
-                f"(its config lacks parameters {missing})",
+                f"model {classifier.get('name')!r} is not a cxr-triage classifier (its config "
+                f"lacks {f'parameters {missing}' if missing else f'an input {contract.IMAGE}'})",
             )
-        (image,) = [i for i in classifier["input"] if i["name"] == contract.IMAGE]
         return cls(
             name=name,
-            image_size=int(image["dims"][-1]),
+            image_size=int(images[0]["dims"][-1]),
             classes=params[contract.PARAM_CLASSES].split(","),
             threshold=float(params[contract.PARAM_THRESHOLD]),
             server_preprocess=server_preprocess,
@@ -112,6 +147,10 @@ def to_prediction(
 ) -> Prediction:
     """Interpret one row of ``PROBS``: urgent when 1 - P(normal) reaches the threshold."""
     row = [float(p) for p in np.asarray(probs, dtype=np.float64).reshape(-1)]
+    if len(row) != len(info.classes):
+        raise TriageError(
+            "bad_response", f"{len(row)} probabilities for {len(info.classes)} classes"
+        )
     score = 1.0 - row[0]
     urgent = score >= info.threshold
     # The label follows the operating point: the most likely abnormal class when urgent.
@@ -130,48 +169,151 @@ def to_prediction(
 
 
 def classify_error(err: Exception) -> TriageError:
-    """Map a tritonclient exception onto a stable code and a plain message."""
-    status = getattr(err, "status", lambda: None)() or ""
-    message = getattr(err, "message", lambda: str(err))() or str(err)
+    """Map a tritonclient exception onto a stable code and a plain message.
+
+    Triton answers a full queue (``Exceeds maximum queue size``) and a request rejected after its
+    queue timeout (``Request timeout expired``) with UNAVAILABLE, like a server that is down: the
+    message tells them apart (``server_busy`` vs ``unavailable``). A restricted admin protocol is
+    UNAVAILABLE too, and is ``unauthorized``. Decoding errors of the server's ``preprocess`` keep
+    their decoder code (``not_an_image``, ``truncated`` ...).
+    """
+    status = str(getattr(err, "status", lambda: None)() or "").removeprefix("StatusCode.")
+    message = str(getattr(err, "message", lambda: None)() or err)
     lowered = message.lower()
-    if (
-        "maximum queue size" in lowered
-        or "timeout expired" in lowered
-        or "RESOURCE_EXHAUSTED" in status
-    ):
-        code = "server_busy"
-    elif "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
-        code = "deadline_exceeded"
-    elif "UNAVAILABLE" in status:
-        code = "unavailable"
-    elif "INVALID_ARGUMENT" in status:
-        code = "invalid_argument"
-    elif "UNAUTHENTICATED" in status or "PERMISSION_DENIED" in status:
-        code = "unauthorized"
-    elif "NOT_FOUND" in status or "unknown model" in lowered:
-        code = "model_not_found"
-    else:
-        code = "server_error"
-    return TriageError(code, f"{code}: {message}")
-
-
-def is_retryable(err: Exception) -> bool:
-    """Whether a failed call may succeed if tried again (server restarting or busy)."""
-    status = getattr(err, "status", lambda: None)() or ""
-    if status in RETRYABLE:
-        return True
-    return classify_error(err).code == "server_busy"
+    decode = _SERVER_DECODE_ERROR.search(message)
+    if any(busy in lowered for busy in BUSY_MESSAGES):
+        return TriageError("server_busy", f"server busy: {message}")
+    if "protocol is restricted" in lowered or status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return TriageError("unauthorized", message)
+    if status == "RESOURCE_EXHAUSTED":
+        too_large = "larger than max" in lowered
+        return TriageError("too_large" if too_large else "server_busy", message)
+    if status == "UNAVAILABLE":
+        return TriageError("unavailable", f"server unreachable: {message}")
+    if status == "DEADLINE_EXCEEDED":
+        return TriageError("deadline_exceeded", f"no answer within the deadline ({message})")
+    if status in ("INVALID_ARGUMENT", "INTERNAL") and decode and decode[1] in DECODE_CODES:
+        return TriageError(decode[1], decode[2])
+    if status == "INVALID_ARGUMENT":
+        return TriageError("invalid_argument", message)
+    if status == "NOT_FOUND" or "unknown model" in lowered:
+        return TriageError("model_not_found", message)
+    return TriageError("server_error", f"{status or type(err).__name__}: {message}")
 
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter, bounded by a total deadline."""
+    """Exponential backoff with full jitter; retries go on until the call's deadline."""
 
-    retries: int = 4
-    initial: float = 0.1
+    initial: float = 0.05
     maximum: float = 2.0
 
-    def delays(self) -> Iterator[float]:
-        """Sleep lengths before each retry."""
-        for attempt in range(self.retries):
-            yield random.uniform(0, min(self.maximum, self.initial * 2**attempt))
+    def delay(self, attempt: int) -> float:
+        """Sleep before retry number ``attempt`` (0-based)."""
+        return random.uniform(0, min(self.maximum, self.initial * 2**attempt))
+
+
+class Outage:
+    """The client's view of the server being reachable, shared by all its calls.
+
+    While the server is unreachable every call retries with backoff within its own deadline; once
+    it has been unreachable for longer than one deadline, further calls fail at once (code
+    ``unavailable``) instead of each waiting out a deadline, except one probe every
+    ``probe_every`` seconds, which finds the server when it is back.
+    """
+
+    def __init__(self, probe_every: float = 2.0) -> None:
+        self.since: float | None = None
+        self.probe_every = probe_every
+        self._last_probe = 0.0
+        self._gave_up = False
+
+    def failed(self, error: TriageError, limit: float) -> None:
+        """Note a failed call (``limit``: its deadline); only an unreachable server counts."""
+        if error.code == "unavailable" and self.since is None:
+            self.since = time.monotonic()
+            self._gave_up = False
+            log.warning("%s; retrying with backoff for up to %g s per request", error, limit)
+
+    def succeeded(self) -> None:
+        """Note an answer from the server."""
+        if self.since is not None:
+            log.warning("server reachable again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+
+    def admit(self, limit: float) -> None:
+        """Raise ``unavailable`` when the server has been down longer than ``limit`` seconds and
+        it is not time for a probe."""
+        if self.since is None:
+            return
+        now = time.monotonic()
+        down = now - self.since
+        if down <= limit:
+            return
+        if now - self._last_probe >= self.probe_every:
+            self._last_probe = now
+            return
+        if not self._gave_up:
+            self._gave_up = True
+            log.warning(
+                "server unreachable for %.0f s: requests now fail at once as 'unavailable' "
+                "(one probe every %g s)",
+                down,
+                self.probe_every,
+            )
+        raise TriageError(
+            "unavailable",
+            f"server unreachable for {down:.0f} s, longer than one request deadline ({limit:g} s)",
+        )
+
+
+class Attempts:
+    """The retry loop of one call, without I/O.
+
+    Before each try, :meth:`budget` gives the seconds left (or raises); after a failed try,
+    :meth:`retry_after` gives the sleep before the next one (or raises the classified error).
+    """
+
+    def __init__(self, timeout: float, backoff: Backoff, outage: Outage) -> None:
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.backoff = backoff
+        self.outage = outage
+        self.tries = 0
+        self.last: TriageError | None = None
+
+    def budget(self) -> float:
+        """Seconds left for the next try."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            if self.last is not None:
+                raise self._gave_up(self.last)
+            message = f"no time left in the {self.timeout:g} s deadline"
+            raise TriageError("deadline_exceeded", message)
+        self.outage.admit(self.timeout)
+        self.tries += 1
+        return remaining
+
+    def retry_after(self, err: Exception) -> float:
+        """Classify a failed try: the delay before retrying it, or raise."""
+        error = classify_error(err)
+        self.outage.failed(error, self.timeout)
+        if error.code not in RETRYABLE:
+            raise error from err
+        self.last = error
+        delay = self.backoff.delay(self.tries - 1)
+        if time.monotonic() + delay >= self.deadline:
+            raise self._gave_up(error) from err
+        log.debug("try %d failed (%s); retrying in %.2f s", self.tries, error.code, delay)
+        return delay
+
+    def succeeded(self) -> None:
+        """Note that the call got its answer."""
+        self.outage.succeeded()
+
+    def _gave_up(self, error: TriageError) -> TriageError:
+        elapsed = time.monotonic() - self.started
+        return TriageError(
+            error.code, f"{error.message} (gave up after {self.tries} tries in {elapsed:.1f} s)"
+        )

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from client import contract
 from client.imaging import ImageDecodeError
-from client.inputs import Input, describe, local_model_input, server_payload
-from client.protocol import Failure, ModelInfo, TriageError, deployed_classifier
+from client.inputs import Input, describe, fallback_source, local_model_input, server_payload
+from client.protocol import (
+    Failure,
+    ModelInfo,
+    Result,
+    TriageError,
+    deployed_classifier,
+    to_prediction,
+)
+
+#: The gRPC metadata key that carries the admin key: Triton prefixes the header named in
+#: ``--grpc-restricted-protocol=...:admin-key=KEY`` with ``triton-grpc-protocol-``.
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
 
 
 @dataclass
@@ -38,6 +49,11 @@ class Connection:
         }
 
 
+def admin_headers(admin_key: str | None) -> dict[str, str] | None:
+    """Request headers that open the server's restricted (admin) protocols."""
+    return {GRPC_ADMIN_HEADER: admin_key} if admin_key else None
+
+
 @dataclass
 class PreparedRequest:
     """One input turned into the tensors of one request."""
@@ -58,33 +74,44 @@ def priority_level(priority: str) -> int:
 
 
 def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Failure:
-    """Decode (or re-encode) one input into request tensors; a bad input becomes a Failure."""
+    """Decode (or re-encode) one input into request tensors; a bad input becomes a Failure.
+
+    Never raises: an unexpected decoder exception is a ``decode_failed`` Failure, so one bad
+    input cannot stop a run.
+    """
     import tritonclient.grpc as grpcclient
 
-    source = str(value) if isinstance(value, str | Path) else f"input:{index}"
+    source = fallback_source(value, index)
     try:
         prepared = describe(value, index)
         source = prepared.source
         if info.server_preprocess:
             payload = np.array([[server_payload(value, prepared)]], dtype=np.object_)
-            tensor = grpcclient.InferInput(contract.IMAGE_BYTES, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(payload)
+            tensor = grpcclient.InferInput(
+                contract.IMAGE_BYTES, [1, 1], contract.IMAGE_BYTES_TRITON_DTYPE
+            )
         else:
-            image = local_model_input(value, prepared, info.image_size)[None]
-            tensor = grpcclient.InferInput(contract.IMAGE, list(image.shape), "UINT8")
-            tensor.set_data_from_numpy(image)
+            payload = local_model_input(value, prepared, info.image_size)[None]
+            tensor = grpcclient.InferInput(
+                contract.IMAGE, list(payload.shape), contract.IMAGE_TRITON_DTYPE
+            )
+        tensor.set_data_from_numpy(payload)
     except ImageDecodeError as err:
         return Failure(source, err.code, str(err))
+    except Exception as err:
+        return Failure(source, "decode_failed", f"{type(err).__name__}: {err}")
     outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]
     return PreparedRequest(source, info.name, [tensor], outputs)
 
 
-def read_probs(result: Any) -> tuple[np.ndarray, str]:
-    """``PROBS`` of the single item in a response, and the model version that answered."""
-    probs = result.as_numpy(contract.PROBS)
-    if probs is None:
-        raise TriageError("bad_response", f"response has no {contract.PROBS} output")
-    return probs[0], str(result.get_response().model_version)
+def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float) -> Result:
+    """The result of one answered request: ``PROBS`` interpreted at the model's threshold."""
+    probs = reply.as_numpy(contract.PROBS)
+    if probs is None or len(probs) != 1:
+        raise TriageError("bad_response", f"response has no single {contract.PROBS} row")
+    latency = (time.monotonic() - started) * 1000
+    version = str(reply.get_response().model_version)
+    return to_prediction(request.source, probs[0], info, version, latency)
 
 
 def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict, ModelInfo]:

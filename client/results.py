@@ -1,8 +1,14 @@
 """Result rows: one per input, written as table, JSON, JSON Lines or CSV, and resumable.
 
-Streaming formats (jsonl, csv) append and flush each row as it completes, so a run killed at any
-moment keeps every finished row; ``--resume`` reads them back (a torn last line is ignored), keeps
-the successes, and sends again only the inputs without one.
+Kill safety: with ``--out``, every row is written to the file (jsonl, csv) or to a journal beside
+it (json: ``.NAME.journal.jsonl``, turned into the final file at the end) and flushed to the
+operating system as soon as it completes, so a process killed at any moment keeps every finished
+row. ``fsync`` runs at most once per :data:`SYNC_EVERY` seconds and at the end: a machine crash
+may lose the last second of rows, which ``--resume`` simply sends again. A file is only ever
+replaced atomically (written aside, synced, renamed), so a kill leaves the old file or the new one.
+
+Resume reads the rows back (a torn last line is ignored), keeps each input's success, and sends
+again the inputs with no row or an error row, whose new row replaces the old one.
 """
 
 from __future__ import annotations
@@ -11,14 +17,19 @@ import csv
 import io
 import json
 import os
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from client.protocol import Result
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 FORMATS = ("table", "json", "jsonl", "csv")
-STREAMING = ("jsonl", "csv")
+RESUMABLE = ("json", "jsonl", "csv")
 COLUMNS = (
     "source",
     "ok",
@@ -33,9 +44,19 @@ COLUMNS = (
     "error",
     "probabilities",
 )
+#: Width of a table written to a file or a pipe.
+TABLE_WIDTH = 200
+#: Longest time a flushed row may wait for ``fsync``.
+SYNC_EVERY = 1.0
+
+Row = dict[str, Any]
 
 
-def to_row(result: Result) -> dict[str, Any]:
+class ResumeError(ValueError):
+    """An existing output file that is not a result file of the format asked for."""
+
+
+def to_row(result: Result) -> Row:
     """A flat row with every column present (empty where not applicable)."""
     raw = result.as_row()
     row = dict.fromkeys(COLUMNS, "")
@@ -45,79 +66,137 @@ def to_row(result: Result) -> dict[str, Any]:
     return row
 
 
-def read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    """Rows already in an output file; malformed or torn lines are skipped."""
-    if not path.is_file():
-        return []
-    text = path.read_text(errors="replace")
-    if fmt == "jsonl":
-        rows = []
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "source" in row:
-                rows.append(row)
-        return rows
-    if fmt == "csv":
-        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-        return [r for r in csv.DictReader(io.StringIO(complete)) if r.get("source")]
-    if fmt == "json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            return []
-        return [r for r in rows if isinstance(r, dict) and "source" in r]
-    raise ValueError(f"cannot resume from format {fmt!r}")
-
-
-def row_ok(row: dict[str, Any]) -> bool:
+def row_ok(row: Row) -> bool:
     """Whether a stored row is a success (JSON booleans or CSV strings)."""
     return row.get("ok") in (True, "True", "true", "1")
 
 
-class RowWriter:
-    """Writes rows to a file or stdout in one of :data:`FORMATS`."""
+def journal_path(path: Path) -> Path:
+    """Where the rows of a ``--format json`` run are journalled until the run ends."""
+    return path.with_name(f".{path.name}.journal.jsonl")
 
-    def __init__(self, fmt: str, path: Path | None, keep: Iterable[dict[str, Any]] = ()) -> None:
+
+def read_rows(path: Path, fmt: str) -> list[Row]:
+    """Rows already in an output file (and its journal); raises :class:`ResumeError` when the
+    file holds something else, rather than let a new run overwrite it."""
+    if fmt not in RESUMABLE:
+        raise ValueError(f"cannot resume from format {fmt!r}")
+    rows = []
+    if fmt == "json":
+        text = _read_text(path)
+        if text.strip():
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ResumeError(f"{path} is not a JSON result file ({err})") from None
+            if not isinstance(rows, list) or not all(_is_row(r) for r in rows):
+                raise ResumeError(f"{path} is not a JSON result file (not a list of rows)")
+        return rows + _read_jsonl(journal_path(path))
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    return _read_csv(path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        raise ResumeError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _is_row(row: object) -> bool:
+    return isinstance(row, dict) and "source" in row and "ok" in row
+
+
+def _complete_lines(text: str) -> list[str]:
+    """Lines of ``text`` without a torn last line (one not ended by a newline)."""
+    lines = text.split("\n")
+    return lines[:-1]  # the part after the last newline: "" when complete, torn otherwise
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    for number, line in enumerate(_complete_lines(_read_text(path)), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not _is_row(row):
+            raise ResumeError(f"{path} line {number} is not a result row: not a jsonl result file")
+        rows.append(row)
+    return rows
+
+
+def _read_csv(path: Path) -> list[Row]:
+    text = _read_text(path)
+    if not text:
+        return []
+    reader = csv.DictReader(io.StringIO("\n".join(_complete_lines(text)) + "\n"))
+    if tuple(reader.fieldnames or ()) != COLUMNS:
+        raise ResumeError(f"{path} does not have the result columns: not a csv result file")
+    return [row for row in reader if row.get("source") and None not in row.values()]
+
+
+def resume_plan(rows: Iterable[Row], inputs: list[str]) -> tuple[list[Row], list[str]]:
+    """Rows to keep and inputs to send: every input with a success keeps it (once); inputs with
+    an error row or none are sent again. Rows of inputs not in ``inputs`` are kept as they are."""
+    latest: dict[str, Row] = {}
+    for row in rows:
+        source = str(row["source"])
+        if row_ok(row) or not row_ok(latest.get(source, {})):
+            latest[source] = row
+    wanted = set(inputs)
+    keep = [row for source, row in latest.items() if row_ok(row) or source not in wanted]
+    done = {str(row["source"]) for row in keep}
+    return keep, [source for source in inputs if source not in done]
+
+
+class RowWriter:
+    """Writes rows to a file or stdout in one of :data:`FORMATS`, starting with ``keep``."""
+
+    def __init__(self, fmt: str, path: Path | None, keep: Iterable[Row] = ()) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.fmt = fmt
         self.path = path
-        self.rows: list[dict[str, Any]] = list(keep)
+        self.rows: list[Row] = list(keep)  # the rows of a table or json, written by close()
         self._stream: IO[str] | None = None
         self._csv: csv.DictWriter | None = None
-        if fmt in STREAMING:
-            self._open_stream()
+        self._synced = time.monotonic()
+        if fmt in ("jsonl", "csv"):
+            self._open(path)
+            self.rows = []
+        elif fmt == "json" and path is not None:
+            self._open(journal_path(path))
 
-    def _open_stream(self) -> None:
-        """Start the stream with the header and the kept rows, replacing the file atomically so a
-        kill at any moment leaves either the old file or the new one, never fewer rows."""
-        if self.path is None:
-            import sys
-
-            self._stream = sys.stdout
-            self._start(self._stream)
+    def _open(self, path: Path | None) -> None:
+        """Start the stream with the header and the kept rows; a file is replaced atomically,
+        so a kill leaves the old one or the new one, never fewer rows."""
+        if path is None:
+            self._begin(sys.stdout)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         initial = io.StringIO()
-        self._start(initial)
-        _atomic_write(self.path, initial.getvalue())
-        self._stream = self.path.open("a", encoding="utf-8", newline="")
-        if self.fmt == "csv":
-            self._csv = csv.DictWriter(self._stream, fieldnames=COLUMNS)
+        self._begin(initial)
+        atomic_write(path, initial.getvalue())
+        self._stream = path.open("a", encoding="utf-8", newline="")
+        if self._csv is not None:
+            self._csv = csv.DictWriter(self._stream, fieldnames=COLUMNS, lineterminator="\n")
 
-    def _start(self, stream: IO[str]) -> None:
+    def _begin(self, stream: IO[str]) -> None:
         self._stream = stream
         if self.fmt == "csv":
-            self._csv = csv.DictWriter(stream, fieldnames=COLUMNS)
+            self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
             self._csv.writeheader()
         for row in self.rows:
             self._emit(row)
         stream.flush()
 
-    def _emit(self, row: dict[str, Any]) -> None:
+    def _emit(self, row: Row) -> None:
         assert self._stream is not None
         if self._csv is not None:
             probabilities = row["probabilities"]
@@ -128,59 +207,83 @@ class RowWriter:
             self._stream.write(json.dumps(row) + "\n")
 
     def write(self, result: Result) -> None:
-        """Record one result (streamed immediately for jsonl/csv)."""
+        """Record one result; streamed and flushed at once for jsonl/csv (and json's journal)."""
         row = to_row(result)
-        self.rows.append(row)
-        if self._stream is not None:
-            self._emit(row)
-            self._stream.flush()
-            if self.path is not None:
-                os.fsync(self._stream.fileno())
+        if self.fmt in ("table", "json"):  # written at the end; streams keep nothing in memory
+            self.rows.append(row)
+        if self._stream is None:
+            return
+        self._emit(row)
+        self._stream.flush()
+        if self._stream is not sys.stdout and time.monotonic() - self._synced >= SYNC_EVERY:
+            os.fsync(self._stream.fileno())
+            self._synced = time.monotonic()
 
     def close(self, order: list[str] | None = None) -> None:
-        """Finish the output (table and json are written here, atomically, in ``order``)."""
-        if order is not None and self._stream is None:
+        """Finish the output: sync the stream; table and json are written here, in ``order``."""
+        if self._stream is not None and self._stream is not sys.stdout:
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+        if self.fmt in ("jsonl", "csv"):
+            return
+        if order is not None:
             rank = {source: i for i, source in enumerate(order)}
             self.rows.sort(key=lambda row: rank.get(row["source"], len(rank)))
-        if self._stream is not None:
-            if self.path is not None:
-                self._stream.close()
-            return
         if self.fmt == "json":
             text = json.dumps(self.rows, indent=2) + "\n"
             if self.path is None:
-                print(text, end="")
+                sys.stdout.write(text)
             else:
-                _atomic_write(self.path, text)
+                atomic_write(self.path, text)
+                journal_path(self.path).unlink(missing_ok=True)
         else:
             render_table(self.rows, self.path)
 
 
-def render_table(rows: list[dict[str, Any]], path: Path | None) -> None:
+def render_table(rows: list[Row], path: Path | None) -> None:
     """A human-readable table on stdout (or in a file)."""
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("input", "result", "P(pneumonia)", "urgent", "ms")
     for row in rows:
+        source = Text(str(row["source"]), overflow="fold")
         if row_ok(row):
             table.add_row(
-                row["source"],
-                str(row["label"]),
+                source,
+                Text(str(row["label"])),
                 f"{float(row['pneumonia_probability']):.3f}",
                 "URGENT" if row["urgent"] in (True, "True") else "",
                 f"{float(row['latency_ms']):.1f}",
             )
         else:
-            table.add_row(row["source"], f"[red]error[/red] {row['error']}", "", "", "")
+            error = Text.assemble((f"{row['error_code']}: ", "red"), str(row["error"]))
+            table.add_row(source, error, "", "", "")
+    print_table(table, path)
+
+
+def print_table(table: Table, path: Path | None = None) -> None:
+    """Print a rich table on stdout (terminal width; one line per row when piped), or write it
+    to ``path``."""
+    from rich.console import Console
+
     if path is None:
-        Console(soft_wrap=False).print(table)
+        console = Console(highlight=False)
+        if not console.is_terminal:  # piped: full paths on one line each, not 80 columns
+            console = Console(highlight=False, width=TABLE_WIDTH)
+        console.print(table)
     else:
-        with path.open("w") as handle:
-            Console(file=handle, width=160).print(table)
+        buffer = io.StringIO()
+        Console(file=buffer, width=TABLE_WIDTH, highlight=False).print(table)
+        atomic_write(path, buffer.getvalue())
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: written aside, synced to disk, then renamed over it."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
+    with temporary.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from client.inputs import Input
-from client.protocol import (
-    Backoff,
-    Failure,
-    ModelInfo,
-    Result,
-    TriageError,
-    classify_error,
-    is_retryable,
-    to_prediction,
-)
+from client.inputs import Input, as_items
+from client.protocol import Attempts, Backoff, Failure, ModelInfo, Outage, Result, TriageError
 from client.requests import (
     Connection,
     PreparedRequest,
     discovery,
+    finish,
     prepare,
     priority_level,
-    read_probs,
 )
+
+T = TypeVar("T")
 
 
 class TriageClient:
@@ -32,7 +25,9 @@ class TriageClient:
 
     ``model=None`` follows the ``pneumonia`` ensemble to the deployed classifier and sends it
     locally decoded uint8 images; ``server_preprocess=True`` sends encoded files to the ensemble.
-    Every call is bounded by ``timeout`` seconds, retries included.
+    Every call is bounded by ``timeout`` seconds, retries included: UNAVAILABLE (server down or
+    restarting) and a full or timed-out server queue (``server_busy``) are retried with
+    exponential backoff until then.
     """
 
     def __init__(
@@ -60,6 +55,7 @@ class TriageClient:
         self._server_preprocess = server_preprocess
         self._priority = priority_level(priority)
         self._backoff = backoff or Backoff()
+        self.outage = Outage(self._backoff.maximum)
         self._info: ModelInfo | None = None
 
     # -- model discovery -----------------------------------------------------------------------
@@ -88,26 +84,23 @@ class TriageClient:
         timeout: float | None = None,
     ) -> list[Result]:
         """Triage each input: a :class:`Prediction` or a :class:`Failure` per input, in order."""
-        items = [inputs] if not isinstance(inputs, list | tuple) else list(inputs)
         info = self.model_info()
         level = priority_level(priority) if priority else self._priority
         results: list[Result] = []
-        for index, value in enumerate(items):
+        for index, value in enumerate(as_items(inputs)):
             request = prepare(value, index, info)
-            if isinstance(request, Failure):
-                results.append(request)
-                continue
-            results.append(self._infer(request, info, level, timeout or self.connection.timeout))
+            if isinstance(request, PreparedRequest):
+                request = self._infer(request, info, level, timeout or self.connection.timeout)
+            results.append(request)
         return results
 
     def _infer(
         self, request: PreparedRequest, info: ModelInfo, level: int, timeout: float
     ) -> Result:
-        started = time.perf_counter()
-        deadline = started + timeout
+        started = time.monotonic()
         try:
-            result = self._with_retries(
-                deadline,
+            reply = self._retrying(
+                timeout,
                 lambda remaining: self._client.infer(
                     request.model,
                     request.inputs,
@@ -117,34 +110,26 @@ class TriageClient:
                     headers=self.connection.headers,
                 ),
             )
-            probs, version = read_probs(result)
+            return finish(request, reply, info, started)
         except TriageError as err:
-            return Failure(request.source, err.code, str(err))
-        latency = (time.perf_counter() - started) * 1000
-        return to_prediction(request.source, probs, info, version, latency)
+            return Failure(request.source, err.code, err.message)
 
-    def _with_retries(self, deadline: float, call):
+    def _retrying(self, timeout: float, call: Callable[[float], T]) -> T:
         from tritonclient.utils import InferenceServerException
 
-        delays = self._backoff.delays()
+        attempts = Attempts(timeout, self._backoff, self.outage)
         while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TriageError(
-                    "deadline_exceeded", "deadline_exceeded: no time left for a retry"
-                )
             try:
-                return call(remaining)
+                reply = call(attempts.budget())
             except InferenceServerException as err:
-                delay = next(delays, None) if is_retryable(err) else None
-                if delay is None or time.perf_counter() + delay >= deadline:
-                    raise classify_error(err) from err
-                time.sleep(delay)
+                time.sleep(attempts.retry_after(err))
+            else:
+                attempts.succeeded()
+                return reply
 
-    def _call(self, method, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.perf_counter() + self.connection.timeout
-        return self._with_retries(
-            deadline,
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._retrying(
+            self.connection.timeout,
             lambda remaining: method(
                 *args, **kwargs, headers=self.connection.headers, client_timeout=remaining
             ),
@@ -170,8 +155,8 @@ class TriageClient:
         return self._call(self._client.get_model_metadata, name, as_json=True)
 
     def repository_index(self) -> list[dict[str, Any]]:
-        """Every model in the repository with its state (an admin call: needs the admin key
-        header when the server restricts the model-repository protocol)."""
+        """Every model in the repository with its state (an admin call: the client needs
+        ``headers=client.requests.admin_headers(KEY)`` when the server restricts it)."""
         return self._call(self._client.get_model_repository_index, as_json=True).get("models", [])
 
     def close(self) -> None:
