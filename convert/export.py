@@ -67,6 +67,21 @@ def export_onnx(model, card: ModelCard, path: Path) -> Path:
     return path
 
 
+def contract_problems(proto) -> list[str]:
+    """How an ONNX model's inputs and outputs differ from the contract (empty: they match)."""
+    import onnx
+
+    wanted = {IMAGE: onnx.TensorProto.UINT8, PROBS: onnx.TensorProto.FLOAT}
+    graph = proto.graph
+    found = {t.name: t.type.tensor_type.elem_type for t in [*graph.input, *graph.output]}
+    return [
+        f"{name}: {onnx.TensorProto.DataType.Name(found[name]) if name in found else 'missing'}"
+        f" (expected {onnx.TensorProto.DataType.Name(dtype)})"
+        for name, dtype in wanted.items()
+        if found.get(name) != dtype
+    ]
+
+
 def embed_card(proto, card: ModelCard) -> None:
     """Store the model card in the ONNX metadata so the file explains itself."""
     for prop in list(proto.metadata_props):

@@ -1,38 +1,383 @@
-"""``cxr convert``: export, check and publish a trained run into the model repository."""
+"""``cxr convert``: export, quantize, check and publish a trained run into the model repository.
+
+FP32 ONNX (checked against PyTorch) -> INT8 (CPU flavour for onnxruntime, symmetric flavour as
+TensorRT's input) and FP16 (TensorRT's input) -> accuracy gate against FP32 -> publication of the
+variants that pass -> TensorRT plans where TensorRT and a GPU are present, else the engine inputs
+and configs for the compose ``engines`` service -> ``convert_report.json`` / ``.md``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from client.contract import classifier_model
-from convert.export import Parity, export_onnx, torch_parity
-from server.repository import Classifier, deployable, publish_classifier, publish_front
-from train.data import load_split
+import numpy as np
+
+from client.contract import CLASSIFIER_PREFIX, classifier_model
+from convert import gate, tensorrt
+from convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
+from convert.quantize import CalibrationReader
+from convert.report import write_report
+from server.repository import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    PLAN_FILE,
+    VERSION,
+    Classifier,
+    Scheduling,
+    deployable,
+    publish_classifier,
+    publish_front,
+)
+from train.card import ModelCard
+from train.data import Split, TrainingData, fingerprint, load_split, load_training_data
 
 PARITY_IMAGES = 32
+PRECISIONS = ("fp32", "int8", "fp16")
+TENSORRT_MODES = ("auto", "on", "off")
+#: What each variant is, for the report.
+DESCRIPTIONS = {
+    "fp32": "FP32 reference (onnxruntime CPU)",
+    "int8": "INT8 QDQ, uint8 activations, int8 per-channel weights (onnxruntime CPU)",
+    "trt_int8": "INT8 QDQ symmetric: int8 activations (zero point 0), int8 per-channel weights "
+    "(TensorRT input)",
+    "trt_fp16": "FP16 weights and arithmetic, float32/uint8 I/O (TensorRT input)",
+}
+#: Beside the model folder, as docker/build_engines.sh keeps it.
+TIMING_CACHE = "timing.cache"
+ENGINES_HINT = "build it with `docker compose run --rm engines` (docker/build_engines.sh)"
 
 
 class ConversionError(RuntimeError):
     """A conversion step failed its check; nothing was published for that variant."""
 
 
-def convert_run(run_dir: Path, repo: Path, work_dir: Path | None = None) -> dict:
-    """Export FP32 ONNX, check parity on real images of the run's data, publish it."""
+@dataclass
+class ConvertOptions:
+    """Everything ``cxr convert`` can be told besides the run and the repository."""
+
+    precisions: tuple[str, ...] = PRECISIONS
+    calib_data: Path | None = None  # dataset whose train split calibrates INT8 (default: run's)
+    calib_size: int = 512
+    calib_method: str = "minmax"
+    gate_data: Path | None = None  # dataset whose validation split gates (default: run's)
+    tensorrt: str = "auto"
+    max_batch: int = 64
+    allow_accuracy_drop: bool = False
+    report_dir: Path | None = None  # default: the run directory
+    bench_seconds: float = 1.0  # per variant and batch size; 0 = no speed measurement
+    bench_batches: tuple[int, ...] = (1, 8)
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        from convert.quantize import CALIBRATION_METHODS
+
+        unknown = sorted(set(self.precisions) - set(PRECISIONS))
+        if unknown or not self.precisions:
+            raise ValueError(f"--precision: unknown {unknown}; choose from {', '.join(PRECISIONS)}")
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"--calib-method {self.calib_method!r}: choose {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.tensorrt not in TENSORRT_MODES:
+            raise ValueError(f"--tensorrt {self.tensorrt!r}: choose {', '.join(TENSORRT_MODES)}")
+        for name in ("calib_size", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for path in (self.calib_data, self.gate_data):
+            if path is not None and not path.exists():
+                raise ValueError(f"dataset not found: {path}")
+
+
+@dataclass
+class Variant:
+    """One model file made from the run, and what became of it."""
+
+    name: str
+    path: Path
+    record: dict = field(default_factory=dict)
+
+    @property
+    def tensorrt(self) -> bool:
+        """Whether it is a TensorRT engine input."""
+        return self.name.startswith("trt_")
+
+
+def convert_run(
+    run_dir: Path, repo: Path, work_dir: Path | None = None, options: ConvertOptions | None = None
+) -> dict:
+    """Convert the run in ``run_dir``, gate every variant against FP32, publish into ``repo``.
+
+    Returns the report (also written as ``convert_report.json`` and ``.md``).
+    """
     from train.models import load_trained
 
+    opts = options or ConvertOptions()
+    opts.check()
+    trt_missing = tensorrt.unavailable() if opts.tensorrt != "off" else "--tensorrt off"
+    if opts.tensorrt == "on" and trt_missing:
+        raise ConversionError(f"--tensorrt on, but TensorRT engines cannot be built: {trt_missing}")
     model, card = load_trained(run_dir)
     work = work_dir or run_dir / "onnx"
-    onnx_path = export_onnx(model, card, work / "model_fp32.onnx")
-    images = load_split(Path(card.data["path"]), "val", card.image_size).images[:PARITY_IMAGES]
-    parity: Parity = torch_parity(model, onnx_path, images)
+    wanted = _wanted_variants(opts)
+    gate_split, gate_source, calib, calib_source = _load_images(card, opts, wanted)
+    gate.check_gate_labels(gate_split.labels, gate_source)
+
+    fp32 = Variant("fp32", export_onnx(model, card, work / "model_fp32.onnx"))
+    parity: Parity = torch_parity(model, fp32.path, gate_split.images[:PARITY_IMAGES])
     if not parity.ok:
         raise ConversionError(
             f"FP32 ONNX differs from PyTorch by {parity.max_abs_diff:.2e} on {parity.output} "
             f"(limit {parity.limit:.0e}); not published"
         )
+    reader = CalibrationReader(calib)
+    variants = [fp32, *_make_variants(fp32.path, work, card, wanted, reader, opts)]
+    _gate_all(variants, gate_split, card.threshold)
+    _bench_cpu(variants, opts)
     card_dict = {**asdict(card), "positive_class": card.positive_class}
-    fp32 = Classifier("fp32", onnx_path, card_dict)
-    publish_classifier(repo, fp32)
-    publish_front(repo, deployable([fp32]))
-    return {"published": [classifier_model("fp32")], "parity": [parity.as_dict()]}
+    published = _publish(repo, variants, card_dict, opts, trt_missing)
+    deployed = deployable([c for c in published if not c.tensorrt])
+    publish_front(repo, deployed)
+    removed = _remove_others(repo, {c.name for c in published})
+    report = {
+        "run_dir": str(run_dir),
+        "repo": str(repo),
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "card": {k: card_dict[k] for k in ("arch", "classes", "image_size", "threshold")},
+        "parity": [parity.as_dict()],
+        "calibration": {
+            "source": calib_source,
+            "images": reader.count,
+            "requested": opts.calib_size,
+            "method": opts.calib_method,
+        },
+        "gate": {
+            "source": gate_source,
+            "images": len(gate_split),
+            "auc_drop_limit": gate.AUC_DROP_LIMIT,
+            "sensitivity_drop_limit": gate.SENSITIVITY_DROP_LIMIT,
+            "allow_accuracy_drop": opts.allow_accuracy_drop,
+            "evaluated_with": "onnxruntime CPU for every variant; the TensorRT variants' ONNX "
+            "inputs run there as a proxy for their engines",
+        },
+        "tensorrt": {"mode": opts.tensorrt, "unavailable": trt_missing},
+        "not_made": _not_made(opts),
+        "variants": [v.record for v in variants],
+        "published": [c.name for c in published],
+        "deployed": deployed.name,
+        "removed_from_repo": removed,
+    }
+    report["files"] = [str(p) for p in write_report(report, opts.report_dir or run_dir)]
+    return report
+
+
+def _wanted_variants(opts: ConvertOptions) -> list[str]:
+    wanted = []
+    if "int8" in opts.precisions:
+        wanted.append("int8")
+    if opts.tensorrt != "off":
+        wanted += [f"trt_{p}" for p in ("int8", "fp16") if p in opts.precisions]
+    return wanted
+
+
+def _quantized(wanted: list[str]) -> bool:
+    """Whether any wanted variant is INT8 (and so needs calibration)."""
+    return bool({"int8", "trt_int8"} & set(wanted))
+
+
+def _not_made(opts: ConvertOptions) -> dict[str, str]:
+    if opts.tensorrt != "off":
+        return {}
+    return {
+        classifier_model(f"trt_{p}"): "--tensorrt off: no TensorRT variant is made"
+        for p in ("int8", "fp16")
+        if p in opts.precisions
+    }
+
+
+def _load_images(
+    card: ModelCard, opts: ConvertOptions, wanted: list[str]
+) -> tuple[Split, str, np.ndarray, str]:
+    """(gate split, its source, calibration images, their source)."""
+    size, seed = card.image_size, int(card.training.get("seed", opts.seed))
+    needs_calib = _quantized(wanted) and opts.calib_data is None
+    run_data = None
+    if opts.gate_data is None or needs_calib:
+        path = card.data.get("path")
+        if not path:
+            raise ConversionError(
+                "the model card names no training data (card.data.path): "
+                "pass --gate-data and --calib-data"
+            )
+        run_data = load_training_data(Path(path), size, seed)
+        run_source = f"{path} ({_fingerprint_note(run_data, card)})"
+    if opts.gate_data is not None:
+        gate_split = load_training_data(opts.gate_data, size, seed).val
+        gate_source = f"{opts.gate_data} validation split"
+    else:
+        gate_split, gate_source = run_data.val, f"{run_source}: validation split"
+    if not _quantized(wanted):
+        return gate_split, gate_source, np.zeros((0, 1, size, size), np.uint8), "not needed"
+    if opts.calib_data is not None:
+        pool, calib_source = load_split(opts.calib_data, "train", size), f"{opts.calib_data} train"
+    else:
+        pool, calib_source = run_data.train, f"{run_source}: train split"
+    if len(pool) == 0:
+        raise ConversionError(f"{calib_source}: no images to calibrate INT8 on")
+    chosen = np.random.default_rng(seed).permutation(len(pool))[: opts.calib_size]
+    return gate_split, gate_source, pool.images[np.sort(chosen)], calib_source
+
+
+def _fingerprint_note(data: TrainingData, card: ModelCard) -> str:
+    expected = card.data.get("fingerprint")
+    if not expected:
+        return "the card records no data fingerprint"
+    if fingerprint(data.train, data.val) == expected:
+        return "same data fingerprint as training"
+    return f"WARNING: data fingerprint differs from training's {expected}"
+
+
+def _make_variants(
+    fp32: Path,
+    work: Path,
+    card: ModelCard,
+    wanted: list[str],
+    reader: CalibrationReader,
+    opts: ConvertOptions,
+) -> list[Variant]:
+    import onnx
+
+    from convert.fp16 import convert_fp16
+    from convert.quantize import prepare, quantize_int8
+
+    made = []
+    prepared = prepare(fp32, work / "model_fp32_prepared.onnx") if _quantized(wanted) else None
+    cache = work / "calibration.json"
+    cache.unlink(missing_ok=True)  # calibrated once per conversion, shared by both INT8 flavours
+    for name in wanted:
+        path = work / f"model_{name}.onnx"
+        if name == "trt_fp16":
+            convert_fp16(fp32, path)
+        else:
+            flavour = "tensorrt" if name == "trt_int8" else "cpu"
+            quantize_int8(prepared, path, reader, flavour, opts.calib_method, cache)
+        proto = onnx.load(str(path))
+        problems = contract_problems(proto)
+        if problems:
+            raise ConversionError(f"{path}: breaks the tensor contract: {'; '.join(problems)}")
+        embed_card(proto, card)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+        made.append(Variant(name, path))
+    cache.unlink(missing_ok=True)
+    return made
+
+
+def _gate_all(variants: list[Variant], split: Split, threshold: float) -> None:
+    reference = gate.evaluate(variants[0].path, split.images, split.labels, threshold)
+    for variant in variants:
+        result = (
+            reference
+            if variant.name == "fp32"
+            else gate.evaluate(variant.path, split.images, split.labels, threshold)
+        )
+        refused = [] if variant.name == "fp32" else gate.refusals(reference, result)
+        m = result.metrics
+        variant.record = {
+            "variant": variant.name,
+            "model": classifier_model(variant.name),
+            "description": DESCRIPTIONS[variant.name],
+            "file": str(variant.path),
+            "size_bytes": variant.path.stat().st_size,
+            "auc": m["auc"],
+            "auc_ci": m["auc_ci"],
+            "sensitivity": m["sensitivity"],
+            "specificity": m["specificity"],
+            "agreement_with_fp32": gate.agreement(reference, result),
+            "max_abs_diff_vs_fp32": float(np.max(np.abs(result.probs - reference.probs))),
+            "evaluated_with": "onnxruntime CPU" + (" (proxy)" if variant.tensorrt else ""),
+            "gate": "reference" if variant.name == "fp32" else ("refused" if refused else "pass"),
+            "refusals": refused,
+        }
+
+
+def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
+    from convert.bench import bench_onnx
+
+    for variant in variants:
+        if variant.tensorrt:
+            variant.record["speed"] = None
+            variant.record["speed_note"] = (
+                "not measured: a TensorRT variant; its ONNX on CPU says nothing about the engine"
+            )
+        elif opts.bench_seconds <= 0:
+            variant.record["speed"] = None
+            variant.record["speed_note"] = "not measured (bench seconds 0)"
+        else:
+            rows = bench_onnx(variant.path, list(opts.bench_batches), opts.bench_seconds)
+            variant.record["speed"] = rows
+            variant.record["speed_note"] = "onnxruntime CPU in-process, all cores"
+
+
+def _publish(
+    repo: Path, variants: list[Variant], card: dict, opts: ConvertOptions, trt_missing: str | None
+) -> list[Classifier]:
+    published = []
+    for variant in variants:
+        record = variant.record
+        if record["gate"] == "refused" and not opts.allow_accuracy_drop:
+            record["published"] = False
+            record["status"] = "not published: " + "; ".join(record["refusals"])
+            continue
+        clf = Classifier(variant.name, variant.path, card)
+        if variant.tensorrt:  # config max_batch_size = the engine profile's largest batch
+            folder = publish_classifier(repo, clf, Scheduling(opts.max_batch), keep_tuning=False)
+        else:
+            folder = publish_classifier(repo, clf)
+        published.append(clf)
+        record["published"] = True
+        record["status"] = "published" + (
+            " despite the gate (--allow-accuracy-drop)" if record["gate"] == "refused" else ""
+        )
+        if variant.tensorrt:
+            record["engine"] = _engine(folder, card, opts, trt_missing)
+            record["status"] += f"; {record['engine']['status']}"
+    return published
+
+
+def _engine(folder: Path, card: dict, opts: ConvertOptions, trt_missing: str | None) -> dict:
+    """Build the TensorRT plan of a published TensorRT variant, or say why it was not built."""
+    plan = folder / VERSION / PLAN_FILE
+    stale = plan.is_file()  # built from an earlier ONNX: never serve it with the new config
+    plan.unlink(missing_ok=True)
+    plan.with_name(plan.name + ".json").unlink(missing_ok=True)
+    note = ". Removed the plan built from an earlier ONNX" if stale else ""
+    if trt_missing:
+        return {
+            "built": False,
+            "status": f"engine not built: {trt_missing}. Its ONNX input and config are in the "
+            f"repository; {ENGINES_HINT}{note}",
+        }
+    try:
+        stamp = tensorrt.build_engine(
+            folder / ONNX_FILE, plan, int(card["image_size"]), opts.max_batch, folder / TIMING_CACHE
+        )
+    except tensorrt.EngineBuildError as err:
+        if opts.tensorrt == "on":
+            raise ConversionError(str(err)) from err
+        return {"built": False, "status": f"engine build failed: {err}. {ENGINES_HINT}{note}"}
+    return {"built": True, "plan": str(plan), "stamp": stamp, "status": f"engine built: {plan}"}
+
+
+def _remove_others(repo: Path, published: set[str]) -> list[str]:
+    """Remove classifier variants of earlier conversions that this one did not publish, so every
+    variant served comes from the same run (with the same card and threshold)."""
+    removed = []
+    for folder in sorted(repo.glob(f"{CLASSIFIER_PREFIX}*")):
+        if folder.name not in published and (folder / CONFIG_FILE).is_file():
+            shutil.rmtree(folder)
+            removed.append(folder.name)
+    return removed

@@ -16,11 +16,17 @@ from client.contract import IMAGE, PROBS
 CARD_METADATA_KEY = "cxr_card"
 
 
-def ort_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU onnxruntime session with ``threads`` intra-op threads (default: all cores)."""
+def ort_session(path: Path, threads: int | None = None, spin: bool = True) -> Any:
+    """A CPU onnxruntime session with ``threads`` intra-op threads (default: all cores).
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting for the next run: for a server,
+    whose runs have gaps between them and which shares the CPU with its own threads.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
