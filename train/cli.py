@@ -10,9 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from train.config import TrainConfig
 from train.data import DatasetError
 
 console = Console(stderr=True)
+#: ``cxr train``'s defaults are the recipe's: one fact, kept in :class:`TrainConfig`.
+DEFAULTS = TrainConfig()
 data_app = typer.Typer(no_args_is_help=True, help="Make or inspect datasets.")
 
 
@@ -64,37 +67,52 @@ def info_command(data: Annotated[Path, typer.Argument(help="Dataset folder or .n
 def train_command(
     data: Annotated[Path, typer.Option("--data", help="Kermany-style folder or MedMNIST .npz.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    arch: Annotated[str, typer.Option(help="torchvision backbone.")] = "resnet18",
+    arch: Annotated[str, typer.Option(help="torchvision backbone.")] = DEFAULTS.arch,
     pretrained: Annotated[
         str, typer.Option(help="imagenet (local torchvision cache), none, or a weights FILE.")
-    ] = "imagenet",
-    image_size: Annotated[int, typer.Option(help="Model input side, pixels.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Random seed (reproducible runs).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    ] = DEFAULTS.pretrained,
+    image_size: Annotated[
+        int, typer.Option(help="Model input side, pixels.")
+    ] = DEFAULTS.image_size,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle AdamW).")] = DEFAULTS.lr,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay.")
+    ] = DEFAULTS.weight_decay,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Label smoothing of the class-weighted cross-entropy.")
+    ] = DEFAULTS.label_smoothing,
+    ema_decay: Annotated[
+        float, typer.Option(help="Weight moving-average decay (0: off).")
+    ] = DEFAULTS.ema_decay,
+    seed: Annotated[int, typer.Option(help="Random seed (reproducible runs).")] = DEFAULTS.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = DEFAULTS.device,
     target_sensitivity: Annotated[
         float, typer.Option(help="Operating threshold: sensitivity to reach on validation.")
-    ] = 0.95,
+    ] = DEFAULTS.target_sensitivity,
 ) -> None:
     """Fine-tune an ImageNet backbone; write weights, model card and training curves."""
+    try:
+        config = TrainConfig(
+            arch=arch,
+            pretrained=pretrained,
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            ema_decay=ema_decay,
+            seed=seed,
+            device=device,
+            target_sensitivity=target_sensitivity,
+        )
+    except ValueError as err:
+        raise fail(str(err)) from err
     from train.models import PretrainedWeightsError
-    from train.trainer import TrainConfig, train
+    from train.trainer import train
 
-    if not 0 < target_sensitivity <= 1:
-        raise fail(f"--target-sensitivity must be in (0, 1], not {target_sensitivity}")
-    config = TrainConfig(
-        arch=arch,
-        pretrained=pretrained,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        target_sensitivity=target_sensitivity,
-    )
     try:
         card = train(data, out, config)
     except (DatasetError, PretrainedWeightsError, ValueError) as err:
@@ -104,7 +122,8 @@ def train_command(
         f"[green]done[/green] in {card.training['seconds']} s: val AUC {metrics['auc']:.4f} "
         f"(95% CI {metrics['auc_ci'][0]:.4f}-{metrics['auc_ci'][1]:.4f}), threshold "
         f"{card.threshold:.4f} -> sensitivity {metrics['sensitivity']:.3f}, specificity "
-        f"{metrics['specificity']:.3f}. Run: {out}"
+        f"{metrics['specificity']:.3f}, accuracy {metrics['accuracy']:.3f}. Run: {out}",
+        highlight=False,
     )
 
 

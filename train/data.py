@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +23,10 @@ from client.contract import DEFAULT_CLASSES, NEGATIVE_CLASS
 from client.imaging import ImageDecodeError, load_model_input, to_model_input
 
 SPLIT_NAMES = ("train", "val", "test")
-#: A validation split smaller than this is replaced by one carved from train (Kermany's has 16).
+#: A validation split smaller than this (or than the carved one would be) is replaced by one
+#: carved from train: Kermany's has 16 images.
 MIN_VAL_IMAGES = 100
+#: Share of every class of train held out when validation is carved.
 VAL_FRACTION = 0.1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 
@@ -49,13 +53,14 @@ class Split:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, counts, strict=True)}
 
-    def subset(self, indices: np.ndarray) -> Split:
-        """A new split holding the given rows."""
+    def subset(self, indices: np.ndarray, keep_skipped: bool = False) -> Split:
+        """A new split holding the given rows (and this split's skipped files if asked)."""
         return Split(
             self.images[indices],
             self.labels[indices],
             self.classes,
             [self.sources[i] for i in indices] if self.sources else [],
+            list(self.skipped) if keep_skipped else [],
         )
 
 
@@ -81,7 +86,7 @@ def detect_format(path: Path) -> str:
     )
 
 
-def load_split(path: Path, split: str, image_size: int, seed: int = 0) -> Split:
+def load_split(path: Path, split: str, image_size: int) -> Split:
     """Load one split (``train``, ``val`` or ``test``) of a dataset at ``image_size``."""
     if split not in SPLIT_NAMES:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)}")
@@ -100,26 +105,41 @@ class TrainingData:
 
 
 def load_training_data(path: Path, image_size: int, seed: int = 0) -> TrainingData:
-    """Load train and val; carve a stratified validation split from train when val is missing or
-    smaller than :data:`MIN_VAL_IMAGES` images."""
+    """Load train and val; carve a stratified validation split from train when val is missing,
+    lacks a class, or is smaller than both :data:`MIN_VAL_IMAGES` and the carved split."""
     train = load_split(path, "train", image_size)
     if len(train) == 0:
         raise DatasetError(f"{path}: the train split has no readable images")
-    if len(set(train.labels.tolist())) < 2:
+    present = np.unique(train.labels)
+    if len(present) < 2:
         raise DatasetError(f"{path}: the train split has only one class ({train.class_counts()})")
-    try:
+    if not has_split(path, "val"):
+        reason = "missing"
+    else:
         val = load_split(path, "val", image_size)
-    except DatasetError:
-        val = None
-    if val is not None and len(val) >= MIN_VAL_IMAGES and val.classes == train.classes:
-        return TrainingData(train, val, "val split of the dataset")
+        missing = sorted(set(present.tolist()) - set(val.labels.tolist()))
+        enough = min(MIN_VAL_IMAGES, round(len(train) * VAL_FRACTION))
+        if len(val) >= enough and not missing:
+            return TrainingData(train, val, "val split of the dataset")
+        reason = (
+            f"only {len(val)} images"
+            if len(val) < enough
+            else f"no {', '.join(train.classes[i] for i in missing)} images"
+        )
     train_idx, val_idx = stratified_split(train.labels, VAL_FRACTION, seed)
-    reason = "missing" if val is None else f"only {len(val)} images"
     return TrainingData(
-        train.subset(train_idx),
+        train.subset(train_idx, keep_skipped=True),
         train.subset(val_idx),
         f"carved from train: stratified {VAL_FRACTION:.0%}, seed {seed} (dataset val {reason})",
     )
+
+
+def has_split(path: Path, split: str) -> bool:
+    """Whether the dataset at ``path`` (already detected) has a ``split``."""
+    if detect_format(path) == "npz":
+        with _open_npz(path) as archive:
+            return f"{split}_images" in archive.files
+    return (path / split).is_dir()
 
 
 def stratified_split(
@@ -146,12 +166,27 @@ def fingerprint(*splits: Split) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_npz_split(path: Path, split: str, image_size: int) -> Split:
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     try:
-        archive = np.load(path)
-    except (OSError, ValueError) as err:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise DatasetError(f"{path}: unreadable .npz file ({err})") from err
-    with archive:
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path}: not an .npz archive (a single .npy array)")
+    return archive
+
+
+def npz_classes(labels: Sequence[np.ndarray]) -> list[str]:
+    """Class names of MedMNIST-style labels (0 = normal): NORMAL/PNEUMONIA when binary, else
+    NORMAL, CLASS_1, ... up to the largest label in any split."""
+    largest = max((int(a.max()) for a in labels if a.size), default=1)
+    if largest <= 1:
+        return list(DEFAULT_CLASSES)
+    return [NEGATIVE_CLASS, *(f"CLASS_{i}" for i in range(1, largest + 1))]
+
+
+def _load_npz_split(path: Path, split: str, image_size: int) -> Split:
+    with _open_npz(path) as archive:
         keys = set(archive.files)
         images_key, labels_key = f"{split}_images", f"{split}_labels"
         if images_key not in keys or labels_key not in keys:
@@ -160,12 +195,23 @@ def _load_npz_split(path: Path, split: str, image_size: int) -> Split:
                 f"{path}: no {split!r} split (needs {images_key} and {labels_key}; "
                 f"splits present: {', '.join(available) or 'none'})"
             )
-        images, labels = archive[images_key], archive[labels_key].reshape(-1)
+        try:
+            images = archive[images_key]
+            all_labels = {k: archive[k].reshape(-1) for k in keys if k.endswith("_labels")}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise DatasetError(f"{path}: unreadable array in the .npz file ({err})") from err
+    labels = all_labels[labels_key]
     if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
         raise DatasetError(
             f"{path}: {images_key} must be uint8 [N, H, W] with one label each "
             f"(got {images.dtype} {images.shape}, {len(labels)} labels)"
         )
+    for key, values in all_labels.items():
+        if values.dtype.kind not in "iub" or (values.size and values.min() < 0):
+            raise DatasetError(
+                f"{path}: {key} must be non-negative integer class indices (0 = normal), "
+                f"got {values.dtype} with minimum {values.min() if values.size else 'n/a'}"
+            )
     resized = (
         np.stack([to_model_input(image, image_size) for image in images])
         if len(images)
@@ -174,7 +220,7 @@ def _load_npz_split(path: Path, split: str, image_size: int) -> Split:
     return Split(
         resized,
         labels.astype(np.int64),
-        list(DEFAULT_CLASSES),
+        npz_classes(list(all_labels.values())),
         [f"npz:{split}:{i}" for i in range(len(labels))],
     )
 
@@ -187,17 +233,26 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
+def _class_folders(root: Path) -> list[str]:
+    return [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
+
+
 def _load_folder_split(path: Path, split: str, image_size: int) -> Split:
     root = path / split
     if not root.is_dir():
         raise DatasetError(f"{path}: no {split!r} split (folder {root} is missing)")
     train_root = path / "train"
-    classes = order_classes([d.name for d in train_root.iterdir() if d.is_dir()])
+    classes = order_classes(_class_folders(train_root))
     if len(classes) < 2:
         raise DatasetError(
             f"{train_root}: needs one sub-folder per class (at least 2), found {classes or 'none'}"
         )
-    unknown = sorted({d.name for d in root.iterdir() if d.is_dir()} - set(classes))
+    if classes[0].upper() != NEGATIVE_CLASS:
+        raise DatasetError(
+            f"{train_root}: needs a {NEGATIVE_CLASS} class folder (the negative class of triage), "
+            f"found {classes}"
+        )
+    unknown = sorted(set(_class_folders(root)) - set(classes))
     if unknown:
         raise DatasetError(f"{root}: class folders {unknown} are not in train's classes {classes}")
     files = [(f, label) for label, name in enumerate(classes) for f in _image_files(root / name)]

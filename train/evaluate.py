@@ -50,18 +50,26 @@ class Predictor:
     predict: Any  # Callable[[np.ndarray], np.ndarray]
 
 
-def open_predictor(model: str, url: str | None) -> Predictor:
-    """A predictor for a run directory, an ONNX file, or (with ``url``) a served model."""
+def open_predictor(model: str, url: str | None, threshold: float | None = None) -> Predictor:
+    """A predictor for a run directory, an ONNX file, or (with ``url``) a served model.
+
+    ``threshold`` overrides the model's operating threshold (and stands in for it when an ONNX
+    file carries no model card).
+    """
     if url:
-        return _served(url, model)
-    path = Path(model)
-    if path.is_dir():
-        return _run_dir(path)
-    if path.suffix == ".onnx" and path.is_file():
-        return _onnx(path)
-    raise EvaluationError(
-        f"{model}: not a run directory nor an .onnx file (for a served model pass --url HOST:PORT)"
-    )
+        predictor = _served(url, model)
+    elif Path(model).is_dir():
+        predictor = _run_dir(Path(model))
+    elif Path(model).suffix == ".onnx" and Path(model).is_file():
+        predictor = _onnx(Path(model), threshold)
+    else:
+        raise EvaluationError(
+            f"{model}: not a run directory nor an .onnx file "
+            "(for a served model pass --url HOST:PORT and the model name)"
+        )
+    if threshold is not None:
+        predictor.threshold = threshold
+    return predictor
 
 
 def _run_dir(path: Path) -> Predictor:
@@ -83,20 +91,21 @@ def _run_dir(path: Path) -> Predictor:
     )
 
 
-def _onnx(path: Path) -> Predictor:
+def _onnx(path: Path, threshold: float | None) -> Predictor:
     from convert.runtime import onnx_card, onnx_image_size, ort_session, run_probs
 
     try:
         session = ort_session(path)
-    except Exception as err:
+        image_size = onnx_image_size(session)
+    except Exception as err:  # onnxruntime raises its own types for a bad file
         raise EvaluationError(f"{path}: cannot load ONNX model ({err})") from err
     card = onnx_card(session) or {}
-    if "threshold" not in card:
+    if "threshold" not in card and threshold is None:
         raise EvaluationError(f"{path}: no model card in its metadata; pass --threshold")
     return Predictor(
-        onnx_image_size(session),
-        card["classes"],
-        card["threshold"],
+        image_size,
+        card.get("classes", []),
+        card.get("threshold", threshold),
         lambda images: run_probs(session, images),
     )
 
@@ -124,16 +133,15 @@ def evaluate(
     model: str, data: Path, split: str, threshold: float | None = None, url: str | None = None
 ) -> Report:
     """Run ``model`` over ``split`` of ``data`` and compute the clinical metrics."""
-    predictor = open_predictor(model, url)
+    predictor = open_predictor(model, url, threshold)
     part = load_split(data, split, predictor.image_size)
     if len(part) == 0:
         raise EvaluationError(f"{data} [{split}]: no readable images")
     probs = predictor.predict(part.images)
     labels = (part.labels != 0).astype(np.int64)
     scores = 1.0 - probs[:, 0]
-    chosen = predictor.threshold if threshold is None else threshold
     return Report(
-        metrics.binary_metrics(labels, scores, chosen),
+        metrics.binary_metrics(labels, scores, predictor.threshold),
         labels,
         scores,
         predictor.classes,

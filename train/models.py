@@ -51,15 +51,39 @@ class TriageNet(nn.Module):
         return torch.softmax(self.logits(image), dim=1)
 
 
-def build_model(arch: str, num_classes: int, pretrained: str = "imagenet") -> TriageNet:
-    """A :class:`TriageNet` around ``arch``; ``pretrained``: ``imagenet``, ``none`` or a file."""
+def check_arch(arch: str) -> None:
+    """Raise ``ValueError`` unless ``arch`` is a torchvision classification model."""
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown architecture {arch!r}; try one of {', '.join(ARCHITECTURES)}")
-    backbone = torchvision.models.get_model(arch, weights=None)
+
+
+def pretrained_weights(arch: str, pretrained: str) -> dict[str, torch.Tensor] | None:
+    """The backbone weights ``--pretrained`` names: ``imagenet`` (torchvision's local cache),
+    ``none`` (None: train from scratch) or the path of a state-dict file."""
+    check_arch(arch)
+    if pretrained == "none":
+        return None
     if pretrained == "imagenet":
-        backbone.load_state_dict(imagenet_state_dict(arch))
-    elif pretrained != "none":
-        backbone.load_state_dict(_read_state_dict(Path(pretrained)))
+        return imagenet_state_dict(arch)
+    return _read_state_dict(Path(pretrained))
+
+
+def build_model(
+    arch: str, num_classes: int, weights: dict[str, torch.Tensor] | None = None
+) -> TriageNet:
+    """A :class:`TriageNet` around ``arch``, starting from ``weights`` (a torchvision state dict
+    of the 3-channel backbone) or from random initialisation when None."""
+    check_arch(arch)
+    backbone = torchvision.models.get_model(arch, weights=None)
+    if weights is not None:
+        try:
+            backbone.load_state_dict(weights)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())
+            raise PretrainedWeightsError(
+                f"the pretrained weights do not fit {arch}: {detail[:400]}"
+                + ("..." if len(detail) > 400 else "")
+            ) from err
     adapt_first_conv(backbone)
     replace_head(backbone, num_classes)
     return TriageNet(backbone)
@@ -136,7 +160,7 @@ def load_trained(run_dir: Path) -> tuple[TriageNet, ModelCard]:
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise RunDirError(f"{run_dir}: no {WEIGHTS_FILE} (training did not finish?)")
-    model = build_model(card.arch, len(card.classes), pretrained="none")
+    model = build_model(card.arch, len(card.classes))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -3,41 +3,26 @@ and an operating threshold chosen for a target sensitivity."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from train import metrics
 from train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
-from train.data import TrainingData, fingerprint, load_training_data
-from train.models import GRAY_MEAN, GRAY_STD, TriageNet, build_model
-
-
-@dataclass
-class TrainConfig:
-    """A training recipe. The defaults are the recipe measured in the README."""
-
-    arch: str = "resnet18"
-    pretrained: str = "imagenet"
-    image_size: int = 64
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
-    target_sensitivity: float = 0.95
-    workers: int = 0
+from train.config import TrainConfig
+from train.data import TrainingData, detect_format, fingerprint, load_training_data
+from train.models import GRAY_MEAN, GRAY_STD, TriageNet, build_model, pretrained_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,6 +41,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -114,10 +101,11 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
     """Train a model on ``data_path`` and write weights, card, history and curves to ``out``."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
-    torch.set_num_threads(os.cpu_count() or 1)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    detect_format(data_path)  # a missing dataset is named first, then missing weights
+    weights = pretrained_weights(config.arch, config.pretrained)  # before decoding the data
     data = load_training_data(data_path, config.image_size, config.seed)
-    model = build_model(config.arch, len(data.train.classes), config.pretrained).to(device)
+    model = build_model(config.arch, len(data.train.classes), weights).to(device)
     out.mkdir(parents=True, exist_ok=True)
     history = _fit(model, data, config, device, out)
     model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location=device, weights_only=True))
@@ -137,6 +125,7 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
         training={
             **asdict(config),
             "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1),
             "device": str(device),
             "best_epoch": _best(history)["epoch"],
         },
@@ -147,32 +136,58 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
     return card
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and batch-norm statistics.
+
+    The decay ramps up as ``(1 + t) / (10 + t)`` until it reaches ``decay``, so short runs average
+    over their own steps rather than the random initialisation.
+    """
+
+    def __init__(self, model: TriageNet, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: TriageNet) -> None:
+        """Move the average towards ``model``'s current weights."""
+        self.steps += 1
+        weight = 1.0 - min(self.decay, (1 + self.steps) / (10 + self.steps))
+        current = model.state_dict()
+        for name, average in self.model.state_dict().items():
+            if average.is_floating_point():
+                average.lerp_(current[name], weight)
+            else:
+                average.copy_(current[name])
+
+
 def _fit(
     model: TriageNet, data: TrainingData, config: TrainConfig, device: torch.device, out: Path
-):
+) -> list[dict]:
     train_x = torch.from_numpy(data.train.images)
     train_y = torch.from_numpy(data.train.labels)
     counts = torch.bincount(train_y, minlength=len(data.train.classes)).float()
     class_weights = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
-    steps_per_epoch = max(1, math.ceil(len(train_y) / config.batch_size))
+    steps_per_epoch = max(1, len(train_y) // config.batch_size)  # full batches only (batch norm)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
+    selected = average.model if average else model
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=device).manual_seed(config.seed)
-    val_positive = (data.val.labels != 0).astype(np.int64)
     history: list[dict] = []
-    best_auc = -1.0
+    started = time.perf_counter()
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task("training", total=config.epochs * steps_per_epoch, status="")
         for epoch in range(1, config.epochs + 1):
             model.train()
@@ -184,46 +199,55 @@ def _fit(
                 labels = train_y[idx].to(device)
                 with _autocast(device):
                     logits = model.logits(images)
-                loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+                loss = F.cross_entropy(
+                    logits.float(),
+                    labels,
+                    weight=class_weights,
+                    label_smoothing=config.label_smoothing,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total_loss += loss.item() * len(idx)
+                if average:
+                    average.update(model)
+                total_loss += loss.item()
                 progress.update(
                     task,
                     advance=1,
                     description=f"epoch {epoch}/{config.epochs}",
                     status=f"loss {loss.item():.3f}",
                 )
-            val_probs = predict_probs(model, data.val.images, device)
-            val_loss = float(
-                F.nll_loss(
-                    torch.from_numpy(np.log(val_probs + 1e-7)), torch.from_numpy(data.val.labels)
-                )
-            )
-            val_auc = metrics.roc_auc(val_positive, triage_scores(val_probs))
-            row = {
-                "epoch": epoch,
-                "train_loss": total_loss / len(train_y),
-                "val_loss": val_loss,
-                "val_auc": val_auc,
-            }
+            row = {"epoch": epoch, "train_loss": total_loss / steps_per_epoch}
+            row.update(_validate(selected, data, device))
+            row["seconds"] = round(time.perf_counter() - started, 1)
             history.append(row)
-            if val_auc > best_auc:
-                best_auc = val_auc
-                torch.save(model.state_dict(), out / WEIGHTS_FILE)
-            progress.update(
-                task,
-                status=f"loss {row['train_loss']:.3f}  val AUC {val_auc:.4f}  "
-                f"(best {best_auc:.4f})",
+            if _best(history) is row:
+                torch.save(selected.state_dict(), out / WEIGHTS_FILE)
+            status = (
+                f"loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}  "
+                f"val AUC {row['val_auc']:.4f} (best {_best(history)['val_auc']:.4f})"
             )
+            progress.update(task, status=status)
+            progress.console.print(f"epoch {epoch}/{config.epochs}: {status}  {row['seconds']} s")
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
     return history
 
 
+def _validate(model: TriageNet, data: TrainingData, device: torch.device) -> dict[str, float]:
+    """Validation loss (cross-entropy of the probabilities) and triage ROC AUC."""
+    probs = predict_probs(model, data.val.images, device)
+    picked = probs[np.arange(len(probs)), data.val.labels]
+    positives = (data.val.labels != 0).astype(np.int64)
+    return {
+        "val_loss": float(-np.log(np.clip(picked, 1e-7, None)).mean()),
+        "val_auc": metrics.roc_auc(positives, triage_scores(probs)),
+    }
+
+
 def _best(history: list[dict]) -> dict:
-    return max(history, key=lambda row: (row["val_auc"], -row["epoch"]))
+    """The selected epoch: highest validation AUC, then lowest validation loss, then earliest."""
+    return max(history, key=lambda row: (row["val_auc"], -row["val_loss"], -row["epoch"]))
 
 
 def _describe_data(path: Path, data: TrainingData) -> dict:
