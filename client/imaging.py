@@ -47,10 +47,35 @@ DICOM_MAGIC = b"DICM"
 Image.MAX_IMAGE_PIXELS = None
 
 
+#: Every reason code an input can be refused with: decoding codes, file-access codes (raised by
+#: the client when reading paths), and ``decode_failed`` (an unexpected decoder bug, reported by
+#: the callers that guard against one). Clients map server errors back onto these.
+DECODE_CODES = frozenset(
+    {
+        "not_found",
+        "not_a_file",
+        "unreadable",
+        "empty",
+        "not_an_image",
+        "corrupt",
+        "truncated",
+        "too_large",
+        "no_pixel_data",
+        "unsupported_transfer_syntax",
+        "multi_frame",
+        "unsupported_type",
+        "bad_shape",
+        "decode_failed",
+    }
+)
+
+
 class ImageDecodeError(ValueError):
     """An input that is not a usable radiograph. ``code`` is a stable, machine-readable reason."""
 
     def __init__(self, code: str, message: str) -> None:
+        if code not in DECODE_CODES:
+            raise ValueError(f"unknown decode error code {code!r}")
         super().__init__(message)
         self.code = code
 
@@ -81,7 +106,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ImageDecodeError("empty", "empty input (0 bytes)")
     kind = sniff_format(data)
     if kind == "dicom":
-        return dicom_to_gray(_read_dicom(data))
+        return dicom_to_gray(read_dicom(data))
     if kind is None:
         raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM file")
     return _decode_raster(data, kind)
@@ -166,7 +191,9 @@ def _dicom_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def _read_dicom(data: bytes) -> Dataset:
+def read_dicom(data: bytes) -> Dataset:
+    """Parse DICOM bytes (with or without preamble and file meta); corrupt files raise
+    :class:`ImageDecodeError`."""
     import pydicom
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 

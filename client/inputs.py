@@ -22,11 +22,11 @@ from PIL import Image
 
 from client.imaging import (
     ImageDecodeError,
-    _read_dicom,
     as_gray,
     decode_image,
     dicom_identity,
     dicom_to_gray,
+    read_dicom,
     sniff_format,
     to_model_input,
 )
@@ -143,7 +143,7 @@ def server_payload(value: Input, prepared: Prepared) -> bytes:
             raise ImageDecodeError("empty", "empty input (0 bytes)")
         kind = sniff_format(prepared.data)
         if kind == "dicom":
-            return pixel_only_dicom(_read_dicom(prepared.data))
+            return pixel_only_dicom(read_dicom(prepared.data))
         if kind is None:
             raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM file")
         return prepared.data

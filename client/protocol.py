@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from client import contract
+from client.imaging import DECODE_CODES
 
 log = logging.getLogger("client")
 
@@ -27,21 +28,6 @@ BUSY_MESSAGES = ("exceeds maximum queue size", "request timeout expired")
 #: A decoding error reported by the server's ``preprocess`` model: ``"..., <code>: <message>"``,
 #: with one of the decoder's codes (``client.imaging.ImageDecodeError``).
 _SERVER_DECODE_ERROR = re.compile(r"(?:^|, )([a-z][a-z0-9_]*): (.*)$", re.DOTALL)
-DECODE_CODES = frozenset(
-    {
-        "empty",
-        "not_an_image",
-        "corrupt",
-        "truncated",
-        "too_large",
-        "no_pixel_data",
-        "unsupported_transfer_syntax",
-        "multi_frame",
-        "unsupported_type",
-        "bad_shape",
-        "decode_failed",
-    }
-)
 
 
 @dataclass
