@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "train": ("train.cli", "train_command", "train", "Fine-tune an ImageNet backbone."),
     "evaluate": ("train.cli", "evaluate_command", "train", "Clinical metrics for a model."),
     "convert": ("convert.cli", "convert_command", "convert", "ONNX, INT8/FP16, TensorRT, gate."),
-    "bench": ("convert.bench_cli", "bench_app", "convert", "In-process and served benchmarks."),
+    "bench": ("server.bench_cli", "bench_app", "convert", "In-process and served benchmarks."),
     "repo": ("server.cli", "repo_app", None, "Build and check the Triton model repository."),
     "serve": ("server.cli", "serve_command", "serve", "Run the embedded Triton server."),
     "certs": ("server.cli", "certs_app", "certs", "Throw-away TLS certificates for testing."),

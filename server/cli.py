@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 repo_app = typer.Typer(no_args_is_help=True, help="Build and check the Triton model repository.")
 certs_app = typer.Typer(no_args_is_help=True, help="Throw-away TLS certificates for testing.")
 DEFAULT_REPO = Path("model_repository")
@@ -19,7 +20,7 @@ DEFAULT_REPO = Path("model_repository")
 
 def fail(message: str) -> typer.Exit:
     """Print an error and return the Exit(2) to raise."""
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(2)
 
 
@@ -50,18 +51,35 @@ def build_command(
 def check_command(
     repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = DEFAULT_REPO,
     gpu_cc: Annotated[
-        str | None, typer.Option(help="Compute capability engines must match, e.g. 9.0.")
+        str | None, typer.Option(help="GPU compute capability engines must match, e.g. 9.0.")
     ] = None,
+    tensorrt_version: Annotated[
+        str | None,
+        typer.Option(help="TensorRT version engines must match (default: the installed one)."),
+    ] = None,
+    engines: Annotated[
+        bool,
+        typer.Option(help="Check TensorRT models; --no-engines: the embedded CPU server's view."),
+    ] = True,
 ) -> None:
-    """Check configs, files, ONNX I/O and engines; exit 1 listing every problem."""
+    """Check configs, files, ONNX I/O, the ensemble and engines; exit 1 listing every problem."""
     from server.check import check_repository
 
-    problems = check_repository(repo, gpu_cc)
+    problems = check_repository(repo, gpu_cc, tensorrt_version, engines)
     for problem in problems:
-        console.print(f"[red]x[/red] {problem}", highlight=False)
+        console.print(f"[red]x[/red] {escape(str(problem))}", highlight=False)
     if problems:
+        console.print(f"{len(problems)} problem(s) in {repo}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green] {repo}")
+    console.print(f"[green]ok[/green] {repo}", highlight=False)
+
+
+class _SignalledError(Exception):
+    """SIGINT or SIGTERM arrived."""
+
+
+def _signalled(*_: object) -> None:
+    raise _SignalledError
 
 
 def serve_command(
@@ -74,7 +92,11 @@ def serve_command(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     admin_key: Annotated[
         str | None,
-        typer.Option(envvar="CXR_ADMIN_KEY", help="Key for admin protocols (header admin-key)."),
+        typer.Option(
+            envvar="CXR_ADMIN_KEY",
+            help="Key of the admin protocols (model repository, shared memory, statistics, "
+            "trace, logging): gRPC header triton-grpc-protocol-admin-key, HTTP header admin-key.",
+        ),
     ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="Server certificate (PEM): gRPC TLS.")
@@ -89,42 +111,62 @@ def serve_command(
 
     if (tls_cert is None) != (tls_key is None):
         raise fail("--tls-cert and --tls-key go together")
+    if tls_ca is not None and tls_cert is None:
+        raise fail("--tls-ca (mutual TLS) needs --tls-cert and --tls-key")
     for path in (tls_cert, tls_key, tls_ca):
         if path is not None and not path.is_file():
             raise fail(f"{path}: no such file")
     tls = TLS(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None
-    config = ServerConfig(repo, host, grpc_port, http_port, metrics_port, admin_key, tls)
-    server = TritonServer(config)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    server = TritonServer(
+        ServerConfig(repo, host, grpc_port, http_port, metrics_port, admin_key, tls)
+    )
+    # A signal while the server starts or serves stops it: never an orphaned tritonserver.
+    previous = {s: signal.signal(s, _signalled) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
+        _report(server)
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        raise fail(f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}")
     except (ServerError, ImportError) as err:
         raise fail(str(err)) from err
-    try:
-        for name, reason in (server.plan.skipped if server.plan else {}).items():
-            console.print(f"[yellow]skipped[/yellow] {name}: {reason}", highlight=False)
-        for name, (state, reason) in server.model_states.items():
-            colour = "green" if state == "READY" else "red"
-            console.print(f"[{colour}]{state}[/{colour}] {name} {reason}", highlight=False)
-        scheme = "grpcs (TLS)" if tls else "grpc"
+    except _SignalledError:
+        console.print("stopping")
+    finally:
+        for signum in previous:  # stopping takes its own bounded time: let nothing cut it short
+            signal.signal(signum, signal.SIG_IGN)
+        server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    console.print("stopped")
+
+
+def _report(server: Any) -> None:
+    """Print every model's state and the endpoints."""
+    config = server.config
+    for name, reason in (server.plan.skipped if server.plan else {}).items():
+        console.print(f"[yellow]skipped[/yellow] {name}: {escape(reason)}", highlight=False)
+    for name, (state, reason) in server.model_states.items():
+        colour = "green" if state == "READY" else "red"
+        console.print(f"[{colour}]{state}[/{colour}] {name} {escape(reason)}", highlight=False)
+    if server.failed_models():
         console.print(
-            f"serving {repo} (pid {server.process.pid if server.process else '?'})\n"
-            f"  {scheme}:  {server.grpc_url}\n  http:  {server.http_url}\n"
-            f"  metrics: {server.metrics_url}\n"
-            f"  admin protocols: {'restricted by key' if admin_key else 'open'}\n"
-            "Ctrl-C to stop.",
+            "[yellow]warning:[/yellow] the models above that are not READY failed to load; "
+            "the others serve, but /v2/health/ready stays false (strict readiness) until "
+            "they are fixed (`cxr repo check`) or removed",
             highlight=False,
         )
-        while not stop.wait(1.0):
-            if server.process is not None and server.process.poll() is not None:
-                raise fail(
-                    f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}"
-                )
-    finally:
-        server.stop()
-        console.print("stopped")
+    tls = config.tls
+    scheme = "grpc" if tls is None else f"grpcs (TLS{', client certificates' if tls.ca else ''})"
+    console.print(
+        f"serving {config.repo} (pid {server.process.pid})\n"
+        f"  {scheme}: {server.grpc_url}\n"
+        f"  http: {server.http_url}{' (loopback only: no TLS on HTTP)' if tls else ''}\n"
+        f"  metrics: {server.metrics_url}\n"
+        f"  admin protocols: {'restricted by key' if config.admin_key else 'open'}\n"
+        "Ctrl-C to stop.",
+        highlight=False,
+    )
 
 
 @certs_app.command("dev")

@@ -33,6 +33,8 @@ ADMIN_KEY_ENV = "CXR_ADMIN_KEY"
 #: Backends the embedded server has; other models (TensorRT plans) are left out, with a reason.
 EMBEDDED_BACKENDS = {"python"}
 SHM_PREFIX = "triton_python_backend_shm_region"
+#: Seconds tritonserver waits for in-flight requests on SIGTERM before it unloads the models.
+EXIT_TIMEOUT_S = 10
 
 
 class ServerError(RuntimeError):
@@ -166,6 +168,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.plan: ModelPlan | None = None
         self.model_states: dict[str, tuple[str, str]] = {}
+        self._shm_before: set[Path] = set()
         self._workdir = tempfile.TemporaryDirectory(prefix="cxr-triton-")
         self.log_path = Path(self._workdir.name) / "tritonserver.log"
 
@@ -175,9 +178,15 @@ class TritonServer:
         return f"{self.config.host}:{self.config.grpc_port}"
 
     @property
+    def http_host(self) -> str:
+        """Address of the HTTP endpoint: loopback when gRPC has TLS (Triton's HTTP has none, and a
+        plain-text endpoint on the network would bypass TLS and client certificates)."""
+        return "127.0.0.1" if self.config.tls else self.config.host
+
+    @property
     def http_url(self) -> str:
         """``http://host:port`` of the HTTP endpoint."""
-        return f"http://{self.config.host}:{self.config.http_port}"
+        return f"http://{self.http_host}:{self.config.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -196,12 +205,13 @@ class TritonServer:
             *[f"--load-model={name}" for name in self.plan.load],
             "--exit-on-error=false",
             "--strict-readiness=true",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             f"--grpc-address={c.host}",
             f"--grpc-port={c.grpc_port}",
-            f"--http-address={c.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={c.http_port}",
             f"--metrics-address={c.host}",
             f"--metrics-port={c.metrics_port}",
@@ -224,19 +234,24 @@ class TritonServer:
         return args + c.extra_args
 
     def start(self, timeout: float = 120.0) -> TritonServer:
-        """Start the server and wait until it is live and every model has loaded or failed."""
+        """Start the server and wait until it is live and every model has loaded or failed.
+
+        Raises :class:`ServerError` when a port is taken, the repository has nothing to serve, or
+        no model loaded (with each model's reason); models that fail leave the others serving.
+        """
         c = self.config
         self.plan = plan_models(c.repo)
-        for name, port in (
-            ("gRPC", c.grpc_port),
-            ("HTTP", c.http_port),
-            ("metrics", c.metrics_port),
+        for name, host, port in (
+            ("gRPC", c.host, c.grpc_port),
+            ("HTTP", self.http_host, c.http_port),
+            ("metrics", c.host, c.metrics_port),
         ):
-            if port_in_use(c.host, port):
+            if port_in_use(host, port):
                 raise ServerError(
-                    f"{name} port {c.host}:{port} is already in use; choose another "
+                    f"{name} port {host}:{port} is already in use; choose another "
                     f"with --{name.lower()}-port or stop what listens there"
                 )
+        self._shm_before = set(_shm_regions())
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.command(),
@@ -260,6 +275,10 @@ class TritonServer:
                 )
             time.sleep(0.2)
         self.model_states = self._read_model_states()
+        if not any(state == "READY" for state, _ in self.model_states.values()):
+            reasons = "\n".join(f"  {m}: {r}" for m, r in self.failed_models().items())
+            self.stop()
+            raise ServerError(f"no model of {c.repo} loaded:\n{reasons}")
         return self
 
     def _live(self) -> bool:
@@ -277,7 +296,12 @@ class TritonServer:
             request.add_header(ADMIN_HEADER, self.config.admin_key)
         with urllib.request.urlopen(request, timeout=5) as reply:
             index = json.loads(reply.read())
-        return {m["name"]: (m.get("state", "UNKNOWN"), m.get("reason", "")) for m in index}
+        loaded = set(self.plan.load) if self.plan else set()
+        return {
+            m["name"]: (m.get("state") or "UNKNOWN", _clean_reason(m.get("reason", "")))
+            for m in index
+            if m["name"] in loaded  # the index also lists the models left out (TensorRT)
+        }
 
     def failed_models(self) -> dict[str, str]:
         """Models that did not load, with Triton's reason."""
@@ -305,11 +329,12 @@ class TritonServer:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        """Kill leftover stubs (same process group) and remove their shared-memory regions."""
+        """Kill leftover stubs (same process group) and remove the shared-memory regions that
+        appeared while it ran and that no process holds any more."""
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        for region in Path("/dev/shm").glob(f"{SHM_PREFIX}*"):
+        for region in set(_shm_regions()) - self._shm_before:
             if _region_owner_gone(region):
                 with contextlib.suppress(OSError):
                     region.unlink()
@@ -320,6 +345,16 @@ class TritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         self._workdir.cleanup()
+
+
+def _clean_reason(reason: str) -> str:
+    """Triton's load-failure reason without the Python backend's traceback (``At: ...``)."""
+    return reason.split("\n\nAt:\n", 1)[0].strip()
+
+
+def _shm_regions() -> list[Path]:
+    """The Python backend's shared-memory regions on this machine."""
+    return list(Path("/dev/shm").glob(f"{SHM_PREFIX}*"))
 
 
 def _region_owner_gone(region: Path) -> bool:

@@ -1,49 +1,98 @@
 """Classifier variant on CPU: onnxruntime behind Triton's dynamic batcher.
 
-One ``execute`` call gets every request the batcher gathered; their images are joined into one
-array (a single copy), run in one onnxruntime call, and the output is split back by views.
+One ``execute`` call gets every request the batcher gathered. A lone request runs on its input
+tensor as Triton handed it over (no copy); several are copied once into a buffer allocated at
+load time, run in one onnxruntime call, and the output rows are handed back as views. Nothing else
+is done per request: Triton has already checked names, dtypes, shapes and the batch size against
+the config, so ``execute`` only joins, runs and splits.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from client.contract import IMAGE, PROBS
-from convert.runtime import ort_session
-from server.backend.config import model_parameters, version_dir
-from server.repository import PARAM_MODEL_FILE, PARAM_THREADS
+from server.backend.config import intra_op_threads, model_parameters, version_dir
+from server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
+
+#: onnxruntime's names of the dtypes in the contract.
+ORT_TYPES = {"TYPE_UINT8": "tensor(uint8)", "TYPE_FP32": "tensor(float)"}
+
+
+class ModelLoadError(RuntimeError):
+    """The model file cannot serve this config; the message says precisely why."""
+
+
+def open_session(path: Any, threads: int, spin: bool) -> Any:
+    """An onnxruntime session of ``path``, or a :class:`ModelLoadError` saying what is wrong."""
+    from convert.runtime import ort_session
+
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} is missing (run `cxr convert`)")
+    try:
+        return ort_session(path, threads, spin)
+    except Exception as err:  # onnxruntime raises its own exception types
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path} is not a loadable ONNX model: {reason}") from err
+
+
+def check_io(session: Any, config: dict[str, Any], path: Any) -> None:
+    """Raise :class:`ModelLoadError` when the ONNX inputs/outputs differ from the config's."""
+    graph = {t.name: t for t in [*session.get_inputs(), *session.get_outputs()]}
+    for tensor in [*config["input"], *config["output"]]:
+        name, dims = tensor["name"], [int(d) for d in tensor["dims"]]
+        found = graph.get(name)
+        if found is None:
+            raise ModelLoadError(f"{path} has no tensor {name!r} (it has {sorted(graph)})")
+        want_type = ORT_TYPES.get(tensor["data_type"], tensor["data_type"])
+        if found.type != want_type:
+            raise ModelLoadError(f"{path}: {name} is {found.type}, the config says {want_type}")
+        shape = [d if isinstance(d, int) else -1 for d in found.shape[1:]]
+        if shape != dims:
+            raise ModelLoadError(
+                f"{path}: {name} has shape {_dims(shape)}, the config says {_dims(dims)}"
+            )
+
+
+def _dims(dims: list[int]) -> str:
+    return "[" + ", ".join(["N", *map(str, dims)]) + "]"
 
 
 class TritonPythonModel:
     """Triton Python-backend model running one ONNX classifier."""
 
     def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
         params = model_parameters(args)
         path = version_dir(args) / params[PARAM_MODEL_FILE]
-        self.session = ort_session(path, int(params[PARAM_THREADS]))
+        instances = sum(int(group["count"]) for group in config["instance_group"])
+        try:
+            threads = intra_op_threads(params[PARAM_THREADS], instances)
+            self.session = open_session(path, threads, params.get(PARAM_SPIN) == "1")
+            check_io(self.session, config, path)
+        except ModelLoadError as err:
+            raise pb_utils.TritonModelException(str(err)) from None
+        (image,) = config["input"]
+        shape = [int(config["max_batch_size"]), *(int(d) for d in image["dims"])]
+        self.buffer = np.empty(shape, dtype=np.uint8)
+        self.outputs = [PROBS]
 
     def execute(self, requests: list) -> list:
         arrays = [pb_utils.get_input_tensor_by_name(r, IMAGE).as_numpy() for r in requests]
-        sizes = [len(a) for a in arrays]
-        if sum(sizes) == 0:
-            error = pb_utils.TritonError(
-                "empty batch: send at least one image", pb_utils.TritonError.INVALID_ARG
-            )
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        probs = self.session.run([PROBS], {IMAGE: batch})[0]
+        if len(arrays) == 1:
+            batch = arrays[0]
+        else:
+            total = sum(len(a) for a in arrays)
+            batch = np.concatenate(arrays, out=self.buffer[:total])
+        probs = self.session.run(self.outputs, {IMAGE: batch})[0]
         responses, start = [], 0
-        for size in sizes:
-            if size == 0:
-                error = pb_utils.TritonError(
-                    "empty request: no image", pb_utils.TritonError.INVALID_ARG
-                )
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            tensor = pb_utils.Tensor(PROBS, probs[start : start + size])
+        for array in arrays:
+            end = start + len(array)
+            tensor = pb_utils.Tensor(PROBS, probs[start:end])
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
-            start += size
+            start = end
         return responses

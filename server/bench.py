@@ -1,0 +1,414 @@
+"""Served against in-process: a classifier behind the embedded Triton, and the same ONNX run
+directly in onnxruntime.
+
+The served side is a closed-loop load generator: ``concurrency`` asyncio loops over gRPC
+(grpc.aio with tritonclient's generated stub), each sending one batch-1 request, waiting for the
+answer and sending the next; the request message is built once. The model is served from a
+temporary repository that holds only it (its config with the scheduling asked for), so nothing
+else runs in the server. CPU time of server and client is measured as well as wall time: on a
+busy machine it is the figure that still says what serving costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS
+from server.backend.config import intra_op_threads
+from server.repository import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    PARAM_MODEL_FILE,
+    PARAM_SPIN,
+    PARAM_THREADS,
+    PYTHON_MODEL_FILE,
+    VERSION,
+    config_text,
+    read_config,
+)
+
+#: The figures the issue asks for: served throughput at this concurrency against in-process
+#: throughput at the same batch, and served p99 at concurrency 1 against in-process batch-1 p50.
+THROUGHPUT_RATIO_TARGET = 0.9
+P99_GAP_TARGET_MS = 3.0
+#: Deadline of one benchmark request: a stalled server shows as errors, not as a hang.
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Overrides:
+    """Scheduling to serve the benchmarked model with; ``None`` keeps the repository's value."""
+
+    instances: int | None = None
+    threads: int | None = None
+    max_queue_delay_us: int | None = None
+    omp_threads: int | None = None
+    spin: bool | None = None
+
+
+@dataclass
+class LoadResult:
+    """What the closed loop measured. CPU time is the server's (every process of its session:
+    tritonserver and its stubs) and the load generator's, during the measured window."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+
+    @property
+    def cpu_ms_per_image(self) -> float | None:
+        """Server and client CPU per image: what throughput costs, however busy the machine."""
+        if self.server_cpu_s is None or self.client_cpu_s is None:
+            return None
+        return round(1000.0 * (self.server_cpu_s + self.client_cpu_s) / self.requests, 3)
+
+    def as_row(self) -> dict:
+        """The fields and the CPU per image, for a report."""
+        return {**asdict(self), "cpu_ms_per_image": self.cpu_ms_per_image}
+
+
+def session_cpu_seconds(session_id: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a session."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id:  # fields from 3 (state): session, ..., utime, stime
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def infer_request(model: str, image: np.ndarray) -> Any:
+    """The gRPC ModelInferRequest of ``image`` for ``model``, built once and sent many times."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name=IMAGE, datatype=IMAGE_TRITON_DTYPE, shape=list(image.shape))
+    request.outputs.add(name=PROBS)
+    request.raw_input_contents.append(np.ascontiguousarray(image).tobytes())
+    return request
+
+
+async def _closed_loop(
+    url: str,
+    model: str,
+    image: np.ndarray,
+    concurrency: int,
+    seconds: float,
+    clients: int,
+    server_session: int | None,
+) -> LoadResult:
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    # The generated stub and a prebuilt request: no per-request Python work in the generator
+    # beyond the call itself (tritonclient's InferInput/InferResult wrapping is left out).
+    channels = [grpc.aio.insecure_channel(url) for _ in range(clients)]
+    stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
+    request = infer_request(model, image)
+    latencies: list[float] = []
+    errors: list[str] = []
+    measuring = False
+    stop_at = 0.0
+
+    async def loop(stub: Any) -> None:
+        while time.perf_counter() < stop_at:
+            begin = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=REQUEST_TIMEOUT_S)
+            except grpc.aio.AioRpcError as err:  # counted: a benchmark reports errors
+                if measuring:
+                    errors.append(f"{err.code().name}: {err.details()}")
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - begin)
+
+    try:
+        # Warm-up: every loop and channel running, the batcher in its steady state.
+        stop_at = time.perf_counter() + min(2.0, seconds / 4)
+        await asyncio.gather(*(loop(stubs[i % clients]) for i in range(concurrency)))
+        measuring = True
+        server_cpu = session_cpu_seconds(server_session) if server_session else None
+        client_cpu = time.process_time()
+        started = time.perf_counter()
+        stop_at = started + seconds
+        await asyncio.gather(*(loop(stubs[i % clients]) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        client_cpu = time.process_time() - client_cpu
+        if server_cpu is not None and server_session:
+            server_cpu = session_cpu_seconds(server_session) - server_cpu
+    finally:
+        for channel in channels:
+            await channel.close()
+    if not latencies:
+        first = errors[0] if errors else "no answer"
+        raise RuntimeError(
+            f"no request to {model} at {url} succeeded ({len(errors)} errors, first: {first})"
+        )
+    p50, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 99])
+    return LoadResult(
+        concurrency,
+        len(latencies),
+        len(errors),
+        round(elapsed, 2),
+        round(len(latencies) * len(image) / elapsed, 2),
+        round(float(p50), 3),
+        round(float(p99), 3),
+        None if server_cpu is None else round(server_cpu, 2),
+        round(client_cpu, 2) if server_cpu is not None else None,
+    )
+
+
+def closed_loop(
+    url: str,
+    model: str,
+    image: np.ndarray,
+    concurrency: int,
+    seconds: float,
+    clients: int = 1,
+    server_session: int | None = None,
+) -> LoadResult:
+    """Batch-1 requests of ``image`` [1, 1, S, S] from ``concurrency`` loops over ``clients``
+    gRPC channels for ``seconds`` (after a short warm-up). With ``server_session`` (the session
+    id of a server on this machine) the CPU time of server and client is measured too."""
+    if concurrency < 1 or clients < 1 or seconds <= 0:
+        raise ValueError("concurrency, clients and seconds must be positive")
+    return asyncio.run(
+        _closed_loop(
+            url, model, image, concurrency, seconds, min(clients, concurrency), server_session
+        )
+    )
+
+
+def bench_repository(repo: Path, model: str, overrides: Overrides, out: Path) -> tuple[Path, Path]:
+    """Write a repository at ``out`` holding only ``model`` of ``repo`` with ``overrides``
+    applied; return it and the ONNX file the model runs."""
+    source = repo / model
+    config = read_config(source / CONFIG_FILE)
+    if config.backend != "python" or PARAM_MODEL_FILE not in config.parameters:
+        raise ValueError(f"{model}: not an onnxruntime (Python backend) classifier of {repo}")
+    onnx_path = (source / VERSION / config.parameters[PARAM_MODEL_FILE].string_value).resolve()
+    if not onnx_path.is_file():
+        raise ValueError(f"{model}: model file {onnx_path} is missing")
+    if overrides.instances is not None:
+        config.instance_group[0].count = overrides.instances
+    if overrides.threads is not None:
+        config.parameters[PARAM_THREADS].string_value = str(overrides.threads)
+    if overrides.max_queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = overrides.max_queue_delay_us
+    if overrides.spin is not None:
+        config.parameters[PARAM_SPIN].string_value = str(int(overrides.spin))
+    folder = out / model
+    (folder / VERSION).mkdir(parents=True)
+    (folder / CONFIG_FILE).write_text(config_text(config))
+    (folder / LABELS_FILE).write_bytes((source / LABELS_FILE).read_bytes())
+    (folder / VERSION / PYTHON_MODEL_FILE).write_bytes(
+        (source / VERSION / PYTHON_MODEL_FILE).read_bytes()
+    )
+    (folder / VERSION / onnx_path.name).symlink_to(onnx_path)
+    return out, onnx_path
+
+
+def scheduling_of(repo: Path, model: str) -> dict[str, int]:
+    """Instances, onnxruntime threads (as the model will use them here) and queue delay of
+    ``model`` in ``repo``."""
+    config = read_config(repo / model / CONFIG_FILE)
+    instances = sum(group.count for group in config.instance_group)
+    spin = config.parameters.get(PARAM_SPIN)
+    return {
+        "instances": instances,
+        "threads": intra_op_threads(config.parameters[PARAM_THREADS].string_value, instances),
+        "spin": int(spin is not None and spin.string_value == "1"),
+        "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
+        "max_batch_size": config.max_batch_size,
+    }
+
+
+def inprocess(onnx_path: Path, batch: int, seconds: float, spin: bool) -> dict:
+    """``bench_onnx`` of one batch size on all cores, with the CPU time it took per image
+    (session creation included: a slight overestimate)."""
+    from convert.bench import WARMUP_RUNS, bench_onnx
+
+    cpu = time.process_time()
+    (row,) = bench_onnx(onnx_path, [batch], seconds, None, spin)
+    cpu = time.process_time() - cpu
+    return {
+        **row,
+        "cpu_ms_per_image": round(1000.0 * cpu / ((row["runs"] + WARMUP_RUNS) * batch), 3),
+    }
+
+
+def bench_serve(
+    repo: Path,
+    model: str,
+    concurrency: int = 8,
+    seconds: float = 10.0,
+    clients: int = 1,
+    overrides: Overrides | None = None,
+    repeats: int = 1,
+) -> dict:
+    """Served (concurrency ``concurrency`` and 1, batch-1 requests) against in-process
+    onnxruntime (batch ``concurrency`` and 1, all cores) for ``model`` of ``repo``, alternating
+    the two ``repeats`` times (medians reported). Returns a report."""
+    from server.triton import ServerConfig, TritonServer, free_port
+
+    overrides = overrides or Overrides()
+    inproc_rows: list[dict] = []
+    served_rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
+        served_repo, onnx_path = bench_repository(repo, model, overrides, Path(scratch) / "repo")
+        size = int(read_config(served_repo / model / CONFIG_FILE).input[0].dims[-1])
+        image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
+        config = ServerConfig(
+            served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
+        )
+        previous_omp = os.environ.get("OMP_NUM_THREADS")
+        if overrides.omp_threads is not None:
+            os.environ["OMP_NUM_THREADS"] = str(overrides.omp_threads)
+        try:
+            with TritonServer(config) as server:
+                if server.failed_models():
+                    raise RuntimeError(f"{model} did not load: {server.failed_models()}")
+                assert server.process is not None
+                spin = bool(scheduling_of(served_repo, model)["spin"])  # the same on both sides
+                for repeat in range(repeats):
+                    for level in (concurrency, 1):  # the server idles while in-process runs
+                        row = inprocess(onnx_path, level, seconds, spin)
+                        inproc_rows.append({"repeat": repeat, **row})
+                        before = _counts(server.grpc_url, model)
+                        load = closed_loop(
+                            server.grpc_url,
+                            model,
+                            image,
+                            level,
+                            seconds,
+                            clients if level > 1 else 1,
+                            server.process.pid,  # its own session: tritonserver and stubs
+                        )
+                        images, runs = np.subtract(_counts(server.grpc_url, model), before)
+                        served_rows.append(
+                            {
+                                "repeat": repeat,
+                                **load.as_row(),
+                                "mean_batch": round(float(images) / max(1, runs), 2),
+                            }
+                        )
+        finally:
+            if overrides.omp_threads is not None:
+                _restore_env("OMP_NUM_THREADS", previous_omp)
+        scheduling = scheduling_of(served_repo, model)
+    return {
+        "model": model,
+        "onnx": str(onnx_path),
+        "cpu_count": os.cpu_count(),
+        "scheduling": scheduling,
+        "omp_num_threads": overrides.omp_threads or os.environ.get("OMP_NUM_THREADS", "1"),
+        "grpc_clients": min(clients, concurrency),
+        "seconds": seconds,
+        "inprocess": inproc_rows,
+        "served": served_rows,
+        **_ratios(inproc_rows, served_rows, concurrency),
+    }
+
+
+def _counts(url: str, model: str) -> tuple[int, int]:
+    """Images inferred and model executions so far (Triton's statistics, warm-up included)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def _ratios(inproc: list[dict], served: list[dict], concurrency: int) -> dict:
+    """Medians over the repeats of the figures the issue sets targets for."""
+
+    def pick(rows: list[dict], key: str, level: int, field: str) -> list[float]:
+        return [row[field] for row in rows if row[key] == level]
+
+    loaded = pick(served, "concurrency", concurrency, "images_per_s")
+    batch = pick(inproc, "batch", concurrency, "images_per_s")
+    served_cpu = pick(served, "concurrency", concurrency, "cpu_ms_per_image")
+    inproc_cpu = pick(inproc, "batch", concurrency, "cpu_ms_per_image")
+    p99 = pick(served, "concurrency", 1, "p99_ms")
+    p50 = pick(inproc, "batch", 1, "p50_ms")
+    served_p50 = pick(served, "concurrency", 1, "p50_ms")
+    inproc_p99 = pick(inproc, "batch", 1, "p99_ms")
+    return {
+        "throughput_ratio": round(float(np.median(np.divide(loaded, batch))), 3),
+        "throughput_ratio_target": THROUGHPUT_RATIO_TARGET,
+        "cpu_efficiency_ratio": round(float(np.median(np.divide(inproc_cpu, served_cpu))), 3),
+        "p99_gap_ms": round(float(np.median(np.subtract(p99, p50))), 3),
+        "p99_gap_target_ms": P99_GAP_TARGET_MS,
+        # Like for like, for a machine whose own jitter is more than the target: what serving
+        # adds at the median and at the 99th percentile of batch-1 latency.
+        "p50_added_ms": round(float(np.median(np.subtract(served_p50, p50))), 3),
+        "p99_added_ms": round(float(np.median(np.subtract(p99, inproc_p99))), 3),
+    }
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def build_bench_repo(repo: Path, arch: str = "resnet18", image_size: int = 224) -> list[str]:
+    """Publish an untrained ``arch`` at ``image_size`` as FP32 and INT8 (calibrated on synthetic
+    radiographs) into ``repo``: a model to measure speed with, never to diagnose with."""
+    import onnx
+    import torch
+
+    from client.contract import DEFAULT_CLASSES
+    from convert.export import embed_card, export_onnx
+    from convert.quantize import CalibrationReader, prepare, quantize_int8
+    from server.repository import Classifier, deployable, publish_classifier, publish_front
+    from train.card import ModelCard
+    from train.models import GRAY_MEAN, GRAY_STD, build_model
+    from train.synth import synth_image
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        arch=arch,
+        classes=list(DEFAULT_CLASSES),
+        image_size=image_size,
+        threshold=0.5,
+        normalisation={"mean": GRAY_MEAN, "std": GRAY_STD},
+        training={"note": "untrained: benchmark model"},
+    )
+    work = repo / ".bench-work"  # a dot-folder: the server and `cxr repo check` skip it
+    fp32 = export_onnx(build_model(arch, len(card.classes)).eval(), card, work / "fp32.onnx")
+    rng = np.random.default_rng(0)
+    calib = np.stack([synth_image(rng, image_size, i % 2 == 1)[None] for i in range(64)])
+    int8 = quantize_int8(
+        prepare(fp32, work / "fp32_prepared.onnx"),
+        work / "int8.onnx",
+        CalibrationReader(calib),
+        "cpu",
+    )
+    proto = onnx.load(str(int8))
+    embed_card(proto, card)
+    onnx.save(proto, str(int8))
+    card_json = {**asdict(card), "positive_class": card.positive_class}
+    published = [Classifier("fp32", fp32, card_json), Classifier("int8", int8, card_json)]
+    for clf in published:
+        publish_classifier(repo, clf, keep_tuning=False)
+    publish_front(repo, deployable(published))
+    return [clf.name for clf in published]

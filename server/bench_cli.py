@@ -1,0 +1,86 @@
+"""``cxr bench serve``, registered on the ``cxr bench`` app of :mod:`convert.bench_cli`.
+
+Importing this module gives ``bench_app`` with every benchmark command (``onnx`` and ``serve``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convert.bench_cli import bench_app, console, print_rows
+
+__all__ = ["bench_app"]
+
+
+@bench_app.command("serve")
+def serve_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = Path(
+        "model_repository"
+    ),
+    model: Annotated[str, typer.Option(help="Classifier to serve.")] = "pneumonia_int8",
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent batch-1 requests.")] = 8,
+    seconds: Annotated[float, typer.Option(min=0.5, help="Seconds per measurement.")] = 10.0,
+    clients: Annotated[int, typer.Option(min=1, help="gRPC channels the loops share.")] = 1,
+    instances: Annotated[int | None, typer.Option(min=1, help="Override: instances.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Override: onnxruntime threads per instance.")
+    ] = None,
+    delay_us: Annotated[
+        int | None, typer.Option(min=0, help="Override: max_queue_delay_microseconds.")
+    ] = None,
+    omp_threads: Annotated[
+        int | None, typer.Option(min=1, help="OMP_NUM_THREADS of the server (default 1).")
+    ] = None,
+    spin: Annotated[
+        bool | None,
+        typer.Option(help="Override: onnxruntime intra-op spinning (both sides use the same)."),
+    ] = None,
+    build: Annotated[
+        bool,
+        typer.Option(help="First publish an untrained ResNet-18 (FP32 and INT8) into REPO."),
+    ] = False,
+    image_size: Annotated[int, typer.Option(min=32, help="Image size of --build.")] = 224,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Alternate in-process and served this many times.")
+    ] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
+) -> None:
+    """Served throughput (concurrency N, batch-1 requests over gRPC) against in-process
+    onnxruntime (batch N), and served p99 at concurrency 1 against in-process batch-1 p50."""
+    from server.bench import Overrides, bench_serve, build_bench_repo
+
+    if build:
+        names = build_bench_repo(repo, "resnet18", image_size)
+        console.print(f"published {', '.join(names)} into {repo}", highlight=False)
+    if not (repo / model).is_dir():
+        console.print(f"[red]error:[/red] {repo}: no model {model}", highlight=False)
+        raise typer.Exit(2)
+    overrides = Overrides(instances, threads, delay_us, omp_threads, spin)
+    try:
+        report = bench_serve(repo, model, concurrency, seconds, clients, overrides, repeats)
+    except (ValueError, RuntimeError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from err
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    print_rows(f"{model}: onnxruntime in-process, {report['onnx']}", report["inprocess"])
+    print_rows(
+        f"{model}: served, batch-1 requests over gRPC, {report['scheduling']}", report["served"]
+    )
+    ratio, cpu, gap = (
+        report[k] for k in ("throughput_ratio", "cpu_efficiency_ratio", "p99_gap_ms")
+    )
+    typer.echo(
+        f"throughput served@{concurrency} / in-process batch {concurrency}: {ratio:.3f} "
+        f"(target >= {report['throughput_ratio_target']})\n"
+        f"CPU per image in-process batch {concurrency} / served@{concurrency} (server + client): "
+        f"{cpu:.3f} (the throughput ratio a CPU-bound, otherwise idle machine would see)\n"
+        f"p99 served@1 - p50 in-process batch 1: {gap:+.2f} ms "
+        f"(target <= {report['p99_gap_target_ms']} ms); what serving adds at batch 1: "
+        f"p50 {report['p50_added_ms']:+.2f} ms, p99 {report['p99_added_ms']:+.2f} ms"
+    )
