@@ -64,6 +64,13 @@ PARAM_FINGERPRINT = "data_fingerprint"
 #: In the ensemble's config: the classifier it routes to (the deployed variant).
 PARAM_DEPLOYED_MODEL = "deployed_model"
 
+# --- Admin protocols ------------------------------------------------------------------------
+#: Header that carries the admin key where a server restricts its admin protocols (model
+#: repository, shared memory, statistics, trace, logging). Triton's gRPC endpoint reads it with
+#: a prefix: ``--grpc-restricted-protocol=...:admin-key=KEY`` checks the header below.
+ADMIN_HEADER = "admin-key"
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
+
 # --- Image handling --------------------------------------------------------------------------
 #: Decompression-bomb guard: refuse images above this many pixels (a 6k x 6k radiograph is 36 MP).
 MAX_PIXELS = 80_000_000

@@ -21,10 +21,6 @@ from client.protocol import (
     to_prediction,
 )
 
-#: The gRPC metadata key that carries the admin key: Triton prefixes the header named in
-#: ``--grpc-restricted-protocol=...:admin-key=KEY`` with ``triton-grpc-protocol-``.
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
-
 
 @dataclass
 class Connection:
@@ -51,7 +47,7 @@ class Connection:
 
 def admin_headers(admin_key: str | None) -> dict[str, str] | None:
     """Request headers that open the server's restricted (admin) protocols."""
-    return {GRPC_ADMIN_HEADER: admin_key} if admin_key else None
+    return {contract.GRPC_ADMIN_HEADER: admin_key} if admin_key else None
 
 
 @dataclass

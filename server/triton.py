@@ -23,12 +23,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.contract import ADMIN_HEADER
 from server.repository import CONFIG_FILE, read_config
 
 #: Admin protocols closed to callers without the key; inference and health stay open.
-RESTRICTED_GRPC = "model-repository,shared-memory,statistics,trace,logging"
-RESTRICTED_HTTP = "model-repository,shared-memory,statistics,trace,logging"
-ADMIN_HEADER = "admin-key"
+RESTRICTED_PROTOCOLS = "model-repository,shared-memory,statistics,trace,logging"
 ADMIN_KEY_ENV = "CXR_ADMIN_KEY"
 #: Backends the embedded server has; other models (TensorRT plans) are left out, with a reason.
 EMBEDDED_BACKENDS = {"python"}
@@ -220,9 +219,11 @@ class TritonServer:
         ]
         if c.admin_key:
             args.append(
-                f"--grpc-restricted-protocol={RESTRICTED_GRPC}:{ADMIN_HEADER}={c.admin_key}"
+                f"--grpc-restricted-protocol={RESTRICTED_PROTOCOLS}:{ADMIN_HEADER}={c.admin_key}"
             )
-            args.append(f"--http-restricted-api={RESTRICTED_HTTP}:{ADMIN_HEADER}={c.admin_key}")
+            args.append(
+                f"--http-restricted-api={RESTRICTED_PROTOCOLS}:{ADMIN_HEADER}={c.admin_key}"
+            )
         if c.tls:
             args += [
                 "--grpc-use-ssl=true",

@@ -100,6 +100,7 @@ def constants(path: Path, scope: str | None = None) -> dict[str, Any]:
 
 
 SERVER_TRITON = ROOT / "server" / "triton.py"
+CONTRACT = ROOT / "client" / "contract.py"
 
 
 @pytest.fixture(scope="module")
@@ -441,13 +442,13 @@ def test_triton_serves_the_repository_with_admin_apis_behind_the_key(
     assert "summary_latencies=true" in flag_values(args, "--metrics-config")
     assert embedded["ADMIN_KEY_ENV"] == "CXR_ADMIN_KEY"
     for flag, project in (
-        ("--grpc-restricted-protocol", embedded["RESTRICTED_GRPC"]),
-        ("--http-restricted-api", embedded["RESTRICTED_HTTP"]),
+        ("--grpc-restricted-protocol", embedded["RESTRICTED_PROTOCOLS"]),
+        ("--http-restricted-api", embedded["RESTRICTED_PROTOCOLS"]),
     ):
         (value,) = flag_values(args, flag)
         protocols, header = value.split(":", 1)
         assert set(protocols.split(",")) == ADMIN_PROTOCOLS == set(project.split(","))
-        assert header == f"{embedded['ADMIN_HEADER']}={TEST_KEY}"
+        assert header == f"{constants(CONTRACT)['ADMIN_HEADER']}={TEST_KEY}"
     assert triton.get("shm_size"), "the Python backend needs a larger /dev/shm"
     health = " ".join(triton["healthcheck"]["test"])
     assert "curl" in health and f"localhost:{HTTP_PORT}/v2/health/ready" in health

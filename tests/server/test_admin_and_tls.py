@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client import contract
-from client.requests import GRPC_ADMIN_HEADER
-from server.triton import ADMIN_HEADER as HTTP_ADMIN_HEADER
+from client.contract import ADMIN_HEADER as HTTP_ADMIN_HEADER
+from client.contract import GRPC_ADMIN_HEADER
 
 RESTRICTED_MESSAGE = "This protocol is restricted"
 #: One call of each restricted gRPC protocol (model-repository, statistics, trace, logging,

@@ -17,8 +17,8 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from client import contract
+from client.contract import GRPC_ADMIN_HEADER
 from client.imaging import load_model_input
-from client.requests import GRPC_ADMIN_HEADER
 from convert.runtime import ort_session
 from server.repository import CONFIG_FILE, ONNX_FILE, VERSION, read_config
 
