@@ -1,9 +1,10 @@
-"""``cxr loadtest run|ui|sweep``."""
+"""``cxr loadtest run|ui|baseline|sweep``."""
 
 from __future__ import annotations
 
+import math
 import os
-import subprocess
+import statistics
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,55 +13,75 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.runner import LOCUSTFILE, RunSettings, Slo, locust_env, run_locust
+from loadtest.memory import ProcessGoneError, RssReport, RssSampler
+from loadtest.runner import (
+    LOCUSTFILE,
+    REQUEST_NAMES,
+    RunResult,
+    RunSettings,
+    Slo,
+    Stats,
+    locust_env,
+    parse_duration,
+    run_locust,
+)
 
 loadtest_app = typer.Typer(no_args_is_help=True, help="Locust load tests over gRPC.")
 console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+Url = Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")]
+Model = Annotated[
+    str | None, typer.Option(help="Model; the ensemble means its deployed classifier.")
+]
+Users = Annotated[int, typer.Option(help="Concurrent users (closed loop).", min=1)]
+Duration = Annotated[str, typer.Option(help="Measured time, e.g. 20s, 10m.")]
+Warmup = Annotated[str, typer.Option(help="Full-load time before measuring (discarded).")]
+StatFraction = Annotated[
+    float, typer.Option(help="Share of STAT (priority 1) requests.", min=0.0, max=1.0)
+]
+Images = Annotated[
+    Path | None, typer.Option(help="Folder of real images as payloads (default: synthetic).")
+]
+Timeout = Annotated[float, typer.Option(help="Request deadline, seconds.", min=0.001)]
 
 
-@loadtest_app.command("run")
-def run_command(
-    url: Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")] = "localhost:8001",
-    model: Annotated[str | None, typer.Option(help="Model (default: deployed classifier).")] = None,
-    users: Annotated[int, typer.Option(help="Concurrent users (closed loop).")] = 8,
-    spawn_rate: Annotated[float, typer.Option(help="Users started per second.")] = 8.0,
-    duration: Annotated[str, typer.Option(help="Run time, e.g. 20s, 10m.")] = "60s",
-    stat_fraction: Annotated[float, typer.Option(help="Share of STAT requests.")] = 0.1,
-    images: Annotated[Path | None, typer.Option(help="Folder of real images as payloads.")] = None,
-    html: Annotated[Path | None, typer.Option(help="Locust HTML report.")] = None,
-    csv_prefix: Annotated[Path | None, typer.Option("--csv", help="Locust CSV prefix.")] = None,
-    slo_p99_ms: Annotated[float, typer.Option(help="p99 objective, all requests.")] = 250.0,
-    slo_stat_p99_ms: Annotated[float, typer.Option(help="p99 objective, STAT requests.")] = 50.0,
-    max_error_rate: Annotated[float, typer.Option(help="Highest error rate allowed.")] = 0.001,
-) -> None:
-    """Headless load test; prints a summary and exits 1 when an SLO is breached."""
-    if not 0 <= stat_fraction <= 1:
-        console.print("[red]error:[/red] --stat-fraction must be between 0 and 1")
-        raise typer.Exit(2)
-    if images is not None and not images.is_dir():
-        console.print(f"[red]error:[/red] --images {images}: not a folder")
-        raise typer.Exit(2)
-    settings = RunSettings(
-        url, model, users, spawn_rate, duration, stat_fraction, images, html, csv_prefix
-    )
+def fail(message: str) -> typer.Exit:
+    """Print an error and return the Exit(2) to raise."""
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def seconds(option: str, text: str, positive: bool = True) -> float:
+    """A duration option in seconds (zero allowed unless ``positive``), or a clear error."""
     try:
-        stats, _ = run_locust(settings)
-    except (RuntimeError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        value = parse_duration(text)
+    except ValueError as err:
+        raise fail(f"{option}: {err}") from err
+    if positive and value <= 0:
+        raise fail(f"{option}: {text!r} must be longer than zero")
+    return value
+
+
+def check_images(images: Path | None) -> None:
+    """Fail early, clearly, on an ``--images`` folder that offers nothing to send."""
+    if images is not None:
+        from loadtest.payloads import image_files
+
+        try:
+            image_files(images)
+        except ValueError as err:
+            raise fail(str(err)) from err
+
+
+def print_result(result: RunResult, title: str) -> None:
+    """Requests/s, p50/p95/p99 per priority, failures, and the distinct errors."""
     table = Table(
-        "requests",
-        "count",
-        "failures",
-        "req/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        title=f"{users} users, {duration} against {url}",
+        "requests", "count", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", title=title
     )
-    for name in ("stat", "routine", "Aggregated"):
-        if name in stats:
-            s = stats[name]
+    for name in REQUEST_NAMES:
+        s = result.stats.get(name)
+        if s is not None and s.requests:
             table.add_row(
                 name,
                 str(s.requests),
@@ -70,8 +91,13 @@ def run_command(
                 f"{s.p95:.0f}",
                 f"{s.p99:.0f}",
             )
-    Console().print(table)
-    breaches = Slo(slo_p99_ms, slo_stat_p99_ms, max_error_rate).breaches(stats)
+    out.print(table)
+    for name, error, count in result.errors[:5]:
+        out.print(f"  {count} x {name}: {error[:300]}")
+
+
+def conclude(breaches: list[str]) -> None:
+    """Print the breaches and exit 1 if there are any."""
     for breach in breaches:
         console.print(f"[red]SLO breached:[/red] {breach}")
     if breaches:
@@ -79,15 +105,119 @@ def run_command(
     console.print("[green]SLOs met[/green]")
 
 
+@loadtest_app.command("run")
+def run_command(
+    url: Url = "localhost:8001",
+    model: Model = None,
+    users: Users = 8,
+    spawn_rate: Annotated[
+        float | None, typer.Option(help="Users started per second (default: all at once).")
+    ] = None,
+    duration: Duration = "60s",
+    warmup: Warmup = "2s",
+    stat_fraction: StatFraction = 0.1,
+    images: Images = None,
+    timeout: Timeout = 10.0,
+    html: Annotated[Path | None, typer.Option(help="Locust HTML report.")] = None,
+    csv_prefix: Annotated[Path | None, typer.Option("--csv", help="Locust CSV prefix.")] = None,
+    slo_p99_ms: Annotated[float, typer.Option(help="p99 objective, all requests.")] = 250.0,
+    slo_stat_p99_ms: Annotated[float, typer.Option(help="p99 objective, STAT requests.")] = 50.0,
+    max_error_rate: Annotated[float, typer.Option(help="Highest error rate allowed.")] = 0.001,
+    server_pid: Annotated[
+        int | None, typer.Option(help="Sample the RSS of this server process and its children.")
+    ] = None,
+    rss_warmup: Annotated[
+        str | None, typer.Option(help="Time before the RSS baseline (default: a fifth of the run).")
+    ] = None,
+    max_rss_growth: Annotated[
+        float, typer.Option(help="Highest RSS growth after warm-up (0.05 = 5 %).")
+    ] = 0.05,
+) -> None:
+    """Headless load test; prints a summary and exits 1 when an SLO is breached.
+
+    Statistics cover DURATION only: the spawn phase and WARMUP are discarded. With --server-pid it
+    is also a soak test: the server's memory must not grow more than --max-rss-growth.
+    """
+    if spawn_rate is not None and spawn_rate <= 0:
+        raise fail("--spawn-rate must be positive")
+    check_images(images)
+    settings = RunSettings(
+        url=url,
+        model=model,
+        users=users,
+        spawn_rate=spawn_rate,
+        duration=seconds("--duration", duration),
+        stat_fraction=stat_fraction,
+        images=images,
+        html=html,
+        csv_prefix=csv_prefix,
+        timeout=timeout,
+        warmup=seconds("--warmup", warmup, positive=False),
+    )
+    breaches = []
+    if server_pid is None:
+        result = _run(settings)
+    else:
+        base = seconds("--rss-warmup", rss_warmup, positive=False) if rss_warmup else None
+        result, memory = _soak(settings, server_pid, base)
+        if memory.growth > max_rss_growth:
+            breaches.append(f"server RSS grew {memory.growth:.1%} > {max_rss_growth:.1%}")
+    title = f"{users} users, {settings.duration:g} s measured against {url}"
+    print_result(result, title)
+    conclude(Slo(slo_p99_ms, slo_stat_p99_ms, max_error_rate).breaches(result.stats) + breaches)
+
+
+def _soak(settings: RunSettings, pid: int, warmup: float | None) -> tuple[RunResult, RssReport]:
+    """A run while sampling the server's RSS; growth is judged after ``warmup`` seconds from the
+    start (default: a fifth of the run)."""
+    try:
+        sampler = RssSampler(pid)
+    except ProcessGoneError as err:
+        raise fail(f"--server-pid: {err}") from err
+    with sampler:
+        result = _run(settings)
+    warmup = settings.run_time() / 5 if warmup is None else warmup
+    try:
+        memory = sampler.report(warmup)
+    except ValueError as err:
+        raise fail(f"--server-pid {pid}: {err}") from err
+    mib = 1024 * 1024
+    out.print(
+        f"server RSS ({memory.processes} processes, {len(memory.samples)} samples): "
+        f"{memory.baseline / mib:.0f} MiB after {warmup:.0f} s warm-up -> "
+        f"{memory.final / mib:.0f} MiB at the end ({memory.growth:+.1%}), "
+        f"peak {memory.peak / mib:.0f} MiB"
+    )
+    return result, memory
+
+
+def _run(settings: RunSettings) -> RunResult:
+    try:
+        return run_locust(settings)
+    except (RuntimeError, FileNotFoundError) as err:
+        raise fail(str(err)) from err
+
+
 @loadtest_app.command("ui")
 def ui_command(
-    url: Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")] = "localhost:8001",
+    url: Url = "localhost:8001",
+    model: Model = None,
+    stat_fraction: StatFraction = 0.1,
+    images: Images = None,
+    timeout: Timeout = 10.0,
     web_host: Annotated[str, typer.Option(help="Dashboard address.")] = "127.0.0.1",
     web_port: Annotated[int, typer.Option(help="Dashboard port.")] = 8089,
-    images: Annotated[Path | None, typer.Option(help="Folder of real images as payloads.")] = None,
 ) -> None:
     """The Locust web dashboard against a running server."""
-    env = locust_env(RunSettings(url=url, images=images))
+    check_images(images)
+    settings = RunSettings(
+        url=url,
+        model=model,
+        stat_fraction=stat_fraction,
+        images=images,
+        timeout=timeout,
+        warmup=0.0,
+    )
     command = [
         sys.executable,
         "-m",
@@ -102,4 +232,170 @@ def ui_command(
         str(web_port),
     ]
     console.print(f"Locust dashboard: http://{web_host}:{web_port}")
-    raise typer.Exit(subprocess.call(command, env=env, cwd=os.getcwd()))
+    # Locust takes this process over: Ctrl-C and SIGTERM reach it directly, nothing is orphaned.
+    os.execve(sys.executable, command, locust_env(settings))
+
+
+@loadtest_app.command("baseline")
+def baseline_command(
+    url: Url = "localhost:8001",
+    model: Model = None,
+    users: Users = 8,
+    duration: Duration = "10s",
+    warmup: Warmup = "2s",
+    stat_fraction: StatFraction = 0.1,
+    images: Images = None,
+    timeout: Timeout = 10.0,
+    compare: Annotated[
+        bool, typer.Option(help="Also run Locust with the same settings; print the ratio.")
+    ] = False,
+    rounds: Annotated[
+        int, typer.Option(help="With --compare: alternate baseline and Locust this often.", min=1)
+    ] = 1,
+) -> None:
+    """Closed-loop asyncio tritonclient generator: the reference rate for Locust."""
+    from loadtest.baseline import BaselineSettings, run_baseline
+
+    check_images(images)
+    settings = BaselineSettings(
+        url=url,
+        model=model,
+        users=users,
+        duration=seconds("--duration", duration),
+        warmup=seconds("--warmup", warmup, positive=False),
+        stat_fraction=stat_fraction,
+        images=images,
+        timeout=timeout,
+    )
+    locust_settings = RunSettings(
+        url=url,
+        model=model,
+        users=users,
+        duration=settings.duration,
+        warmup=settings.warmup,
+        stat_fraction=stat_fraction,
+        images=images,
+        timeout=timeout,
+    )
+    ratios = []
+    for _ in range(rounds if compare else 1):
+        try:
+            result = run_baseline(settings)
+        except Exception as err:
+            raise fail(f"baseline against {url}: {err}") from err
+        print_result(result, f"asyncio baseline: {users} users, {settings.duration:g} s")
+        if not compare:
+            return
+        locust = _run(locust_settings)
+        print_result(locust, f"Locust: {users} users, {settings.duration:g} s")
+        ratios.append(_rate(locust) / _rate(result) if _rate(result) else math.nan)
+        out.print(f"Locust / baseline requests/s: {ratios[-1]:.2f}")
+    if len(ratios) > 1:
+        out.print(f"median over {len(ratios)} rounds: {statistics.median(ratios):.2f}")
+
+
+def _rate(result: RunResult) -> float:
+    total: Stats | None = result.stats.get("Aggregated")
+    return total.rps if total else 0.0
+
+
+def _cell(value: object) -> str:
+    """A sweep table value as printed: whole numbers, yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise fail(f"{option}: {text!r} is not a comma-separated list of integers") from err
+    if not values or min(values) < 0:
+        raise fail(f"{option}: give one or more non-negative integers, e.g. 1,2")
+    return values
+
+
+@loadtest_app.command("sweep")
+def sweep_command(
+    repo: Annotated[Path, typer.Option(help="Model repository to tune.")] = Path(
+        "model_repository"
+    ),
+    model: Annotated[
+        str, typer.Option(help="Classifier to tune; the ensemble means its deployed one.")
+    ] = "pneumonia",
+    slo_p99_ms: Annotated[float, typer.Option(help="p99 objective the best must meet.")] = 250.0,
+    batch_sizes: Annotated[str, typer.Option(help="max_batch_size values.")] = "8,32",
+    delays_us: Annotated[str, typer.Option(help="max_queue_delay_microseconds values.")] = "0,2000",
+    instances: Annotated[str, typer.Option(help="Instance counts.")] = "1,2",
+    threads: Annotated[str, typer.Option(help="onnxruntime threads per instance.")] = "1,2",
+    users: Annotated[str, typer.Option(help="Concurrencies measured per configuration.")] = "8",
+    duration: Duration = "8s",
+    warmup: Warmup = "2s",
+    stat_fraction: StatFraction = 0.1,
+    images: Images = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for sweep.csv, sweep.png.")] = Path(
+        "sweep"
+    ),
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the best configuration instead of writing it.")
+    ] = False,
+) -> None:
+    """Try each configuration on a real server; write the best that meets the p99 objective."""
+    from loadtest import sweep
+    from loadtest.baseline import BaselineSettings
+    from server.repository import CONFIG_FILE, classifier_config, config_text, scheduling_of
+
+    check_images(images)
+    grid = sweep.Grid(
+        _ints("--batch-sizes", batch_sizes),
+        _ints("--delays-us", delays_us),
+        _ints("--instances", instances),
+        _ints("--threads", threads),
+    )
+    if min(grid.batch_sizes) < 1 or min(grid.instances) < 1:
+        raise fail("--batch-sizes and --instances must be at least 1")
+    concurrencies = _ints("--users", users)
+    if min(concurrencies) < 1:
+        raise fail("--users must be at least 1")
+    try:
+        clf = sweep.find_classifier(repo, model)
+    except (ValueError, OSError) as err:
+        raise fail(str(err)) from err
+    configurations = grid.configurations(scheduling_of(repo / clf.name / CONFIG_FILE))
+    settings = BaselineSettings(
+        duration=seconds("--duration", duration),
+        warmup=seconds("--warmup", warmup, positive=False),
+        stat_fraction=stat_fraction,
+        images=images,
+    )
+    console.print(
+        f"sweeping {len(configurations)} configurations of {clf.name} "
+        f"x {len(concurrencies)} concurrencies"
+    )
+
+    def progress(point: sweep.Point) -> None:
+        s = point.stats
+        figures = f"{s.rps:.1f} req/s, p99 {s.p99:.0f} ms" if s else f"failed: {point.error}"
+        console.print(f"  {point.label}: {figures}")
+
+    points = sweep.run_sweep(repo, clf, configurations, concurrencies, settings, progress)
+    best = sweep.best_point(points, slo_p99_ms)
+    rows = sweep.table_rows(points, slo_p99_ms)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep.write_table(rows, out_dir / sweep.TABLE_FILE)
+    sweep.plot(points, slo_p99_ms, best, out_dir / sweep.PLOT_FILE)
+    table = Table(*sweep.HEADERS, title=f"sweep of {clf.name} (p99 SLO {slo_p99_ms:g} ms)")
+    for row in rows:
+        table.add_row(*(_cell(row[c]) for c in sweep.COLUMNS[: len(sweep.HEADERS)]))
+    out.print(table)
+    console.print(f"table {out_dir / sweep.TABLE_FILE}, plot {out_dir / sweep.PLOT_FILE}")
+    if best is None:
+        console.print(f"[red]no configuration met p99 <= {slo_p99_ms:g} ms without errors[/red]")
+        raise typer.Exit(1)
+    out.print(f"best: {best.label}: {best.stats.rps:.1f} req/s, p99 {best.stats.p99:.0f} ms")
+    if dry_run:
+        out.print(config_text(classifier_config(clf, best.scheduling)))
+        return
+    path = sweep.apply_best(repo, clf, best.scheduling)
+    console.print(f"[green]wrote[/green] {path}")

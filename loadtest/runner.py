@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+#: Names the locustfile reports under, in the order summaries list them.
+REQUEST_NAMES = ("stat", "routine", "connect", "Aggregated")
+#: Seconds Locust may take beyond its run time and stop timeout to write reports and exit.
+EXIT_GRACE = 60
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Locust-style time span: ``90``, ``20s``, ``10m``, ``1h30m``."""
+    parts = _SPAN.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise ValueError(f"invalid duration {text!r}: use e.g. 20s, 10m or 1h30m")
+    return sum(float(number) * _UNIT[unit] for number, unit in parts)
 
 
 @dataclass
@@ -20,13 +37,22 @@ class RunSettings:
     url: str = "localhost:8001"
     model: str | None = None
     users: int = 8
-    spawn_rate: float = 8.0
-    duration: str = "60s"
+    spawn_rate: float | None = None  # users started per second; None = all within one second
+    duration: float = 60.0  # seconds measured, after spawning and warm-up
     stat_fraction: float = 0.1
     images: Path | None = None
     html: Path | None = None
     csv_prefix: Path | None = None
     timeout: float = 10.0
+    warmup: float = 2.0  # seconds of full load whose statistics are discarded
+
+    def spawn_seconds(self) -> float:
+        """How long Locust takes to start every user."""
+        return self.users / self.spawn_rate if self.spawn_rate else 0.0
+
+    def run_time(self) -> int:
+        """Locust's ``--run-time`` in seconds: spawning, warm-up and the measured duration."""
+        return math.ceil(self.spawn_seconds() + self.warmup + self.duration)
 
 
 @dataclass
@@ -46,6 +72,28 @@ class Stats:
         """Failures / requests (0 with no requests)."""
         return self.failures / self.requests if self.requests else 0.0
 
+    @classmethod
+    def from_latencies(
+        cls, name: str, latencies_ms: Sequence[float], failures: int, seconds: float
+    ) -> Stats:
+        """Figures of raw response times (``failures`` of them failed) over ``seconds``."""
+        import numpy as np
+
+        p50, p95, p99 = (
+            np.percentile(latencies_ms, [50, 95, 99]) if len(latencies_ms) else [math.nan] * 3
+        )
+        count = len(latencies_ms)
+        return cls(name, count, failures, count / seconds, float(p50), float(p95), float(p99))
+
+
+@dataclass
+class RunResult:
+    """Statistics by request name and the distinct errors of a run."""
+
+    stats: dict[str, Stats]
+    errors: list[tuple[str, str, int]] = field(default_factory=list)  # (name, error, count)
+    output: str = ""
+
 
 @dataclass
 class Slo:
@@ -61,13 +109,16 @@ class Slo:
         total = stats.get("Aggregated")
         if total is None or total.requests == 0:
             return ["no request completed"]
-        if total.p99 > self.p99_ms:
-            found.append(f"p99 {total.p99:.0f} ms > {self.p99_ms:.0f} ms")
+        if not total.p99 <= self.p99_ms:
+            found.append(f"p99 {total.p99:.0f} ms > {self.p99_ms:g} ms")
         stat = stats.get("stat")
-        if stat is not None and stat.requests and stat.p99 > self.stat_p99_ms:
-            found.append(f"STAT p99 {stat.p99:.0f} ms > {self.stat_p99_ms:.0f} ms")
+        if stat is not None and stat.requests and not stat.p99 <= self.stat_p99_ms:
+            found.append(f"STAT p99 {stat.p99:.0f} ms > {self.stat_p99_ms:g} ms")
         if total.error_rate > self.max_error_rate:
-            found.append(f"error rate {total.error_rate:.4f} > {self.max_error_rate}")
+            found.append(
+                f"error rate {total.error_rate:.4f} > {self.max_error_rate:g} "
+                f"({total.failures} of {total.requests} requests failed)"
+            )
         return found
 
 
@@ -85,14 +136,15 @@ def locust_command(settings: RunSettings, csv_prefix: Path) -> list[str]:
         "-u",
         str(settings.users),
         "-r",
-        str(settings.spawn_rate),
+        str(settings.spawn_rate or settings.users),
         "-t",
-        settings.duration,
+        f"{settings.run_time()}s",
+        "--reset-stats",
         "--csv",
         str(csv_prefix),
         "--only-summary",
         "--stop-timeout",
-        "5",
+        str(math.ceil(settings.timeout)),
         "--exit-code-on-error",
         "0",
         "--loglevel",
@@ -108,10 +160,9 @@ def locust_env(settings: RunSettings) -> dict[str, str]:
     env = os.environ.copy()
     env["CXR_STAT_FRACTION"] = str(settings.stat_fraction)
     env["CXR_TIMEOUT"] = str(settings.timeout)
-    if settings.model:
-        env["CXR_MODEL"] = settings.model
-    if settings.images:
-        env["CXR_IMAGES"] = str(settings.images)
+    env["CXR_WARMUP"] = str(settings.warmup)
+    env["CXR_MODEL"] = settings.model or ""
+    env["CXR_IMAGES"] = str(settings.images.resolve()) if settings.images else ""
     return env
 
 
@@ -135,26 +186,40 @@ def read_stats(csv_prefix: Path) -> dict[str, Stats]:
     return stats
 
 
+def read_failures(csv_prefix: Path) -> list[tuple[str, str, int]]:
+    """Locust's ``PREFIX_failures.csv``: (request name, error, occurrences), most frequent first."""
+    path = Path(f"{csv_prefix}_failures.csv")
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        rows = [(r["Name"], r["Error"], int(r["Occurrences"])) for r in csv.DictReader(handle)]
+    return sorted(rows, key=lambda row: -row[2])
+
+
 def _ms(value: str) -> float:
-    return float(value) if value not in ("", "N/A") else float("nan")
+    return float(value) if value not in ("", "N/A") else math.nan
 
 
-def run_locust(settings: RunSettings) -> tuple[dict[str, Stats], str]:
-    """Run Locust headless; return its statistics and its output."""
+def run_locust(settings: RunSettings) -> RunResult:
+    """Run Locust headless; return its statistics, its errors and its output."""
     with tempfile.TemporaryDirectory(prefix="cxr-locust-") as scratch:
         prefix = settings.csv_prefix or Path(scratch) / "run"
-        if settings.csv_prefix:
-            settings.csv_prefix.parent.mkdir(parents=True, exist_ok=True)
-        if settings.html:
-            settings.html.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            locust_command(settings, prefix),
-            env=locust_env(settings),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        for path in (settings.csv_prefix, settings.html):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        limit = settings.run_time() + settings.timeout + EXIT_GRACE
+        try:
+            done = subprocess.run(
+                locust_command(settings, prefix),
+                env=locust_env(settings),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"locust did not finish within {limit:.0f} s; stopped") from err
         output = done.stdout + done.stderr
         if done.returncode != 0:
             raise RuntimeError(f"locust exited with {done.returncode}:\n{output[-3000:]}")
-        return read_stats(prefix), output
+        return RunResult(read_stats(prefix), read_failures(prefix), output)

@@ -33,6 +33,7 @@ from server.repository import (
     VERSION,
     config_text,
     read_config,
+    scheduling_of,
 )
 
 #: The figures the issue asks for: served throughput at this concurrency against in-process
@@ -225,18 +226,16 @@ def bench_repository(repo: Path, model: str, overrides: Overrides, out: Path) ->
     return out, onnx_path
 
 
-def scheduling_of(repo: Path, model: str) -> dict[str, int]:
-    """Instances, onnxruntime threads (as the model will use them here) and queue delay of
-    ``model`` in ``repo``."""
-    config = read_config(repo / model / CONFIG_FILE)
-    instances = sum(group.count for group in config.instance_group)
-    spin = config.parameters.get(PARAM_SPIN)
+def served_scheduling(repo: Path, model: str) -> dict[str, int]:
+    """Instances, onnxruntime threads (as the model will use them here), spinning, queue delay
+    and max batch size of ``model`` in ``repo``."""
+    tuned = scheduling_of(repo / model / CONFIG_FILE)
     return {
-        "instances": instances,
-        "threads": intra_op_threads(config.parameters[PARAM_THREADS].string_value, instances),
-        "spin": int(spin is not None and spin.string_value == "1"),
-        "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
-        "max_batch_size": config.max_batch_size,
+        "instances": tuned.instances,
+        "threads": intra_op_threads(str(tuned.threads), tuned.instances),
+        "spin": int(tuned.spin),
+        "max_queue_delay_us": tuned.max_queue_delay_us,
+        "max_batch_size": tuned.max_batch_size,
     }
 
 
@@ -286,7 +285,7 @@ def bench_serve(
                 if server.failed_models():
                     raise RuntimeError(f"{model} did not load: {server.failed_models()}")
                 assert server.process is not None
-                spin = bool(scheduling_of(served_repo, model)["spin"])  # the same on both sides
+                spin = bool(served_scheduling(served_repo, model)["spin"])  # the same on both sides
                 for repeat in range(repeats):
                     for level in (concurrency, 1):  # the server idles while in-process runs
                         row = inprocess(onnx_path, level, seconds, spin)
@@ -312,7 +311,7 @@ def bench_serve(
         finally:
             if overrides.omp_threads is not None:
                 _restore_env("OMP_NUM_THREADS", previous_omp)
-        scheduling = scheduling_of(served_repo, model)
+        scheduling = served_scheduling(served_repo, model)
     return {
         "model": model,
         "onnx": str(onnx_path),

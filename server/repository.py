@@ -42,7 +42,11 @@ class Scheduling:
     """Dynamic batching and instance settings of a classifier (measured with `cxr bench serve`,
     figures in the README)."""
 
-    max_batch_size: int = 64
+    #: 8 on CPU: onnxruntime's images/s does not grow past batch 8 here, and STAT requests can
+    #: only overtake routine ones when the queue holds more than one batch (measured at 128
+    #: users: STAT p99 / routine p99 = 0.21 with batch 8, 1.09 with batch 64). TensorRT
+    #: variants take `cxr convert --max-batch` (64) instead.
+    max_batch_size: int = 8
     #: Lets the requests of a closed loop that come back together form one batch (mean batch
     #: ~3 at concurrency 8 against ~2.5 with 0) for 0.5 ms at low load. No preferred_batch_size:
     #: Triton fills in max_batch_size, which is what is wanted.
@@ -239,33 +243,47 @@ def _write_model(repo: Path, config: mc.ModelConfig, classes: list[str] | None =
     return folder
 
 
-def _keep_tuning(previous: Path, config: mc.ModelConfig) -> None:
-    """Carry scheduling that was tuned in place (by the sweep) into a regenerated config."""
-    if not previous.is_file():
-        return
+def scheduling_of(path: Path) -> Scheduling:
+    """The scheduling a classifier's ``config.pbtxt`` holds (queue policies included)."""
+    config = read_config(path)
+    batching = config.dynamic_batching
+    routine = batching.default_queue_policy
+    stat = batching.priority_queue_policy.get(contract.PRIORITY_STAT, routine)
+    threads = config.parameters.get(PARAM_THREADS)
+    spin = config.parameters.get(PARAM_SPIN)
+    return Scheduling(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_us=batching.max_queue_delay_microseconds,
+        instances=sum(group.count for group in config.instance_group) or 1,
+        threads=int(threads.string_value or 0) if threads is not None else 0,
+        spin=spin is not None and spin.string_value not in ("", "0"),
+        max_queue_size=routine.max_queue_size,
+        routine_timeout_us=routine.default_timeout_microseconds,
+        stat_timeout_us=stat.default_timeout_microseconds,
+        stat_max_queue_size=stat.max_queue_size,
+    )
+
+
+def _tuned(previous: Path, clf: Classifier) -> Scheduling | None:
+    """Scheduling tuned in place (by the sweep) in an existing config of the same kind, so a
+    regenerated config keeps it, warmup batches included; None when there is none."""
+    if clf.tensorrt or not previous.is_file():
+        return None
     try:
         old = read_config(previous)
     except text_format.ParseError:
-        return
-    if old.backend != config.backend or old.platform != config.platform:
-        return
-    config.max_batch_size = old.max_batch_size
-    config.dynamic_batching.CopyFrom(old.dynamic_batching)
-    del config.instance_group[:]
-    config.instance_group.extend(old.instance_group)
-    for key in (PARAM_THREADS, PARAM_SPIN):
-        if key in old.parameters:
-            config.parameters[key].CopyFrom(old.parameters[key])
+        return None
+    return scheduling_of(previous) if old.backend == "python" else None
 
 
 def publish_classifier(
     repo: Path, clf: Classifier, scheduling: Scheduling | None = None, keep_tuning: bool = True
 ) -> Path:
     """Copy a variant's model file into the repository and write its config and labels."""
-    config = classifier_config(clf, scheduling or Scheduling())
     folder = repo / clf.name
-    if keep_tuning:
-        _keep_tuning(folder / CONFIG_FILE, config)
+    if scheduling is None:
+        scheduling = _tuned(folder / CONFIG_FILE, clf) if keep_tuning else None
+    config = classifier_config(clf, scheduling or Scheduling())
     folder = _write_model(repo, config, list(clf.card["classes"]))
     # A TensorRT variant keeps its ONNX beside the version folder: the engine-build service turns
     # it into 1/model.plan with the serving image's own TensorRT.

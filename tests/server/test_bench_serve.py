@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from server.bench import Overrides, bench_repository, closed_loop, scheduling_of
+from server.bench import Overrides, bench_repository, closed_loop, served_scheduling
 from server.bench_cli import bench_app
 from server.repository import CONFIG_FILE, VERSION, read_config
 
@@ -39,7 +39,7 @@ def test_bench_repository_holds_only_the_model_with_overrides(
     repo, onnx_path = bench_repository(cpu_repo, model, overrides, tmp_path / "bench")
     assert [p.name for p in repo.iterdir()] == [model]
     assert (repo / model / VERSION / onnx_path.name).resolve() == onnx_path
-    scheduling = scheduling_of(repo, model)
+    scheduling = served_scheduling(repo, model)
     assert scheduling["instances"] == 2 and scheduling["max_queue_delay_us"] == 0
     assert scheduling["threads"] >= 1
     original = read_config(cpu_repo / model / CONFIG_FILE)
