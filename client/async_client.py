@@ -8,46 +8,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, TypeVar
 
 from client.inputs import Input, as_items, fallback_source
-from client.protocol import Attempts, Backoff, Failure, ModelInfo, Outage, Result, TriageError
-from client.requests import Connection, PreparedRequest, discovery, finish, prepare, priority_level
+from client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
+from client.requests import (
+    ClientBase,
+    Connection,
+    PreparedRequest,
+    discovery,
+    finish,
+    prepare,
+    priority_level,
+)
 
 T = TypeVar("T")
 
 
-class AsyncTriageClient:
+class AsyncTriageClient(ClientBase):
     """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls).
 
     :meth:`predict_stream` keeps ``concurrency`` requests in flight on one gRPC channel while
     inputs are decoded in a thread pool.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        model: str | None = None,
-        *,
-        server_preprocess: bool = False,
-        priority: str = "routine",
-        timeout: float = 30.0,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        headers: dict[str, str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
+    def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc.aio as aioclient
 
-        self.connection = Connection(
-            url, ssl, root_certificates, private_key, certificate_chain, timeout, headers
-        )
-        self._client = aioclient.InferenceServerClient(**self.connection.client_kwargs())
-        self._model = model
-        self._server_preprocess = server_preprocess
-        self._priority = priority_level(priority)
-        self._backoff = backoff or Backoff()
-        self.outage = Outage(self._backoff.maximum)
-        self._info: ModelInfo | None = None
+        return aioclient.InferenceServerClient(**connection.client_kwargs())
 
     async def model_info(self) -> ModelInfo:
         """The model requests go to, its image size, classes and operating threshold (cached)."""

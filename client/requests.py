@@ -13,8 +13,10 @@ from client import contract
 from client.imaging import ImageDecodeError
 from client.inputs import Input, describe, fallback_source, local_model_input, server_payload
 from client.protocol import (
+    Backoff,
     Failure,
     ModelInfo,
+    Outage,
     Result,
     TriageError,
     deployed_classifier,
@@ -131,3 +133,37 @@ def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict
     else:
         send_to = target
     return ModelInfo.from_configs(send_to, config, server_preprocess)
+
+
+class ClientBase:
+    """Arguments and state shared by :class:`~client.TriageClient` and its asyncio twin."""
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str | None = None,
+        *,
+        server_preprocess: bool = False,
+        priority: str = "routine",
+        timeout: float = 30.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        headers: dict[str, str] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.connection = Connection(
+            url, ssl, root_certificates, private_key, certificate_chain, timeout, headers
+        )
+        self._client = self._connect(self.connection)
+        self._model = model
+        self._server_preprocess = server_preprocess
+        self._priority = priority_level(priority)
+        self._backoff = backoff or Backoff()
+        self.outage = Outage(self._backoff.maximum)
+        self._info: ModelInfo | None = None
+
+    def _connect(self, connection: Connection) -> Any:
+        """The tritonclient gRPC client (sync or asyncio) for ``connection``."""
+        raise NotImplementedError

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from client.inputs import Input, as_items
-from client.protocol import Attempts, Backoff, Failure, ModelInfo, Outage, Result, TriageError
+from client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 from client.requests import (
+    ClientBase,
     Connection,
     PreparedRequest,
     discovery,
@@ -20,7 +21,7 @@ from client.requests import (
 T = TypeVar("T")
 
 
-class TriageClient:
+class TriageClient(ClientBase):
     """Pneumonia triage over Triton gRPC.
 
     ``model=None`` follows the ``pneumonia`` ensemble to the deployed classifier and sends it
@@ -30,33 +31,10 @@ class TriageClient:
     exponential backoff until then.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        model: str | None = None,
-        *,
-        server_preprocess: bool = False,
-        priority: str = "routine",
-        timeout: float = 30.0,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        headers: dict[str, str] | None = None,
-        backoff: Backoff | None = None,
-    ) -> None:
+    def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc as grpcclient
 
-        self.connection = Connection(
-            url, ssl, root_certificates, private_key, certificate_chain, timeout, headers
-        )
-        self._client = grpcclient.InferenceServerClient(**self.connection.client_kwargs())
-        self._model = model
-        self._server_preprocess = server_preprocess
-        self._priority = priority_level(priority)
-        self._backoff = backoff or Backoff()
-        self.outage = Outage(self._backoff.maximum)
-        self._info: ModelInfo | None = None
+        return grpcclient.InferenceServerClient(**connection.client_kwargs())
 
     # -- model discovery -----------------------------------------------------------------------
     def model_info(self) -> ModelInfo:

@@ -15,12 +15,12 @@ from rich.table import Table
 
 from loadtest.memory import ProcessGoneError, RssReport, RssSampler
 from loadtest.runner import (
-    LOCUSTFILE,
     REQUEST_NAMES,
     RunResult,
     RunSettings,
     Slo,
     Stats,
+    locust_base_command,
     locust_env,
     parse_duration,
     run_locust,
@@ -218,19 +218,7 @@ def ui_command(
         timeout=timeout,
         warmup=0.0,
     )
-    command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--host",
-        url,
-        "--web-host",
-        web_host,
-        "--web-port",
-        str(web_port),
-    ]
+    command = [*locust_base_command(url), "--web-host", web_host, "--web-port", str(web_port)]
     console.print(f"Locust dashboard: http://{web_host}:{web_port}")
     # Locust takes this process over: Ctrl-C and SIGTERM reach it directly, nothing is orphaned.
     os.execve(sys.executable, command, locust_env(settings))

@@ -122,17 +122,16 @@ class Slo:
         return found
 
 
+def locust_base_command(url: str) -> list[str]:
+    """``python -m locust`` on the project's locustfile against ``url``."""
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url]
+
+
 def locust_command(settings: RunSettings, csv_prefix: Path) -> list[str]:
     """The ``locust`` command line of a headless run."""
     command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
+        *locust_base_command(settings.url),
         "--headless",
-        "--host",
-        settings.url,
         "-u",
         str(settings.users),
         "-r",

@@ -147,18 +147,9 @@ def evaluate_command(
         raise fail(str(err)) from err
     metrics = report.metrics
     table = Table("metric", "value", title=f"{model} on {data} [{split}]")
-    for key in (
-        "n",
-        "auc",
-        "auc_ci",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "precision",
-        "f1",
-        "threshold",
-    ):
-        value = metrics[key]
+    for key, value in metrics.items():
+        if key == "confusion_matrix":
+            continue
         shown = (
             f"{value[0]:.4f} - {value[1]:.4f}"
             if key == "auc_ci" and value[0] is not None

@@ -190,7 +190,8 @@ def admin_key() -> str:
 @pytest.fixture(scope="session")
 def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, start_server) -> Any:
     """A server restricted by :data:`ADMIN_KEY`, with two more copies of the classifier:
-    ``pneumonia_qfull`` (queue of one request) and ``pneumonia_qtimeout`` (20 ms queue timeout)."""
+    ``pneumonia_qfull`` (queue of one request) and ``pneumonia_qtimeout`` (20 ms queue timeout,
+    one instance, batch 1)."""
     from client import contract
     from server.repository import CONFIG_FILE, config_text, read_config
 
@@ -206,8 +207,16 @@ def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, star
         if name == QUEUE_FULL_MODEL:
             policy.max_queue_size = 1
         else:
+            # One instance running one image at a time: a burst queues for longer than the 20 ms
+            # timeout whatever the machine's load, so timeouts happen on a quiet machine too.
             policy.max_queue_size = 0
             policy.default_timeout_microseconds = 20_000
+            config.max_batch_size = 1
+            del config.instance_group[1:]
+            config.instance_group[0].count = 1
+            keep = [w for w in config.model_warmup if w.batch_size <= 1]
+            del config.model_warmup[:]
+            config.model_warmup.extend(keep)
         (repo / name / CONFIG_FILE).write_text(config_text(config))
     return start_server(repo, admin_key=ADMIN_KEY)
 

@@ -49,7 +49,7 @@ def test_client_retries_server_busy_until_it_gets_through(
     busy_server, queue_models, xray_pngs: list[Path], caplog, kind: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="client")
-    inputs = xray_pngs * 16  # more than one batch (64) at once: the rest queue up
+    inputs = xray_pngs * 16  # 96 at once: many more than a batch, the rest queue up
 
     async def run() -> list:
         async with AsyncTriageClient(
