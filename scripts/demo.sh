@@ -36,12 +36,26 @@ done
 cat "$WORK/serve.log"
 
 step "predict a few images"
-SAMPLES=$(find "$DATA" -type f \( -name '*.png' -o -name '*.jpeg' -o -name '*.jpg' -o -name '*.dcm' \) | sort | head -n 6)
-if [[ -z "$SAMPLES" ]]; then SAMPLES=$(find "$WORK/data" -name '*.png' 2>/dev/null | sort | head -n 6); fi
-if [[ -n "$SAMPLES" ]]; then
-  # shellcheck disable=SC2086
-  cxr client predict $SAMPLES --url "127.0.0.1:$GRPC_PORT" || true
+SAMPLES_DIR="$WORK/samples"
+mkdir -p "$SAMPLES_DIR"
+if [[ -d "$DATA" ]]; then
+  # three images of each of the first two classes of the held-out split (test, else val)
+  split=$( [[ -d "$DATA/test" ]] && echo test || echo val )
+  for class_dir in "$DATA/$split"/*/; do
+    find "$class_dir" -type f | sort | sed -n 1,3p | while read -r f; do cp "$f" "$SAMPLES_DIR/"; done
+  done
+else
+  # a MedMNIST .npz: write six of its validation images as PNGs
+  python - "$DATA" "$SAMPLES_DIR" <<'PY'
+import sys
+import numpy as np
+from PIL import Image
+archive = np.load(sys.argv[1])
+for i, image in enumerate(archive["val_images"][:6]):
+    Image.fromarray(image).save(f"{sys.argv[2]}/val_{i}_label{int(archive['val_labels'][i][0])}.png")
+PY
 fi
+cxr client predict "$SAMPLES_DIR" --url "127.0.0.1:$GRPC_PORT" || true
 
 step "load test: Locust, 20 s headless"
 cxr loadtest run --url "127.0.0.1:$GRPC_PORT" --users 8 --duration 20s \
