@@ -109,14 +109,6 @@ def _queue_copy(repo: Path, source: str, name: str) -> None:
         stat = batching.priority_queue_policy[contract.PRIORITY_STAT]
         if name == QUEUES.full:
             routine.max_queue_size = stat.max_queue_size = QUEUES.full_size
-            # One instance taking one image at a time: a burst overflows the queue however fast
-            # the machine is (with two instances of batch 8, 24 requests could all be taken).
-            config.max_batch_size = 1
-            del config.instance_group[1:]
-            config.instance_group[0].count = 1
-            keep = [w for w in config.model_warmup if w.batch_size <= 1]
-            del config.model_warmup[:]
-            config.model_warmup.extend(keep)
         else:
             routine.default_timeout_microseconds = QUEUES.routine_timeout_us
             stat.default_timeout_microseconds = QUEUES.stat_timeout_us

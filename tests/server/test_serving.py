@@ -271,6 +271,7 @@ def _burst(url: str, model: str, count: int, size: int, priority: int) -> list[A
 def test_a_full_queue_rejects_as_busy_and_nothing_hangs(
     served: Any, grpc: Any, image_size: int, queues: Any, priority: int
 ) -> None:
+    # Twice what the instances (2 x max batch 8) and the queue (8) can hold at once.
     results = _burst(served.grpc_url, queues.full, 6 * queues.full_size, image_size, priority)
     rejected = [r for r in results if isinstance(r, Exception)]
     served_ok = [r for r in results if not isinstance(r, Exception)]
