@@ -227,12 +227,14 @@ def bench_repository(repo: Path, model: str, overrides: Overrides, out: Path) ->
 
 
 def served_scheduling(repo: Path, model: str) -> dict[str, int]:
-    """Instances, onnxruntime threads (as the model will use them here), spinning, queue delay
-    and max batch size of ``model`` in ``repo``."""
+    """Instances, onnxruntime threads (as the model will use them here: alone and while other
+    instances run), spinning, queue delay and max batch size of ``model`` in ``repo``."""
     tuned = scheduling_of(repo / model / CONFIG_FILE)
+    alone, shared = intra_op_threads(str(tuned.threads), tuned.instances)
     return {
         "instances": tuned.instances,
-        "threads": intra_op_threads(str(tuned.threads), tuned.instances),
+        "threads_alone": alone,
+        "threads_shared": shared,
         "spin": int(tuned.spin),
         "max_queue_delay_us": tuned.max_queue_delay_us,
         "max_batch_size": tuned.max_batch_size,

@@ -27,7 +27,14 @@ def serve_command(
     clients: Annotated[int, typer.Option(min=1, help="gRPC channels the loops share.")] = 1,
     instances: Annotated[int | None, typer.Option(min=1, help="Override: instances.")] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Override: onnxruntime threads per instance.")
+        int | None,
+        typer.Option(
+            min=1,
+            help=(
+                "Override: onnxruntime threads per instance (default: every core while the"
+                " other instances idle, a share while they run)."
+            ),
+        ),
     ] = None,
     delay_us: Annotated[
         int | None, typer.Option(min=0, help="Override: max_queue_delay_microseconds.")

@@ -1,5 +1,10 @@
 """Classifier variant on CPU: onnxruntime behind Triton's dynamic batcher.
 
+An instance runs a batch on every core while the model's other instances are idle (a lone
+request gets the latency of all cores) and on its share of the cores while they are running (a
+loaded server gets one single-threaded, synchronisation-free run per core): it holds two
+onnxruntime sessions of the same file and picks one per batch (see ``server.backend.siblings``).
+
 One ``execute`` call gets every request the batcher gathered. A lone request runs on its input
 tensor as Triton handed it over (no copy); several are copied once into a buffer allocated at
 load time, run in one onnxruntime call, and the output rows are handed back as views. Nothing else
@@ -10,6 +15,7 @@ the config, so ``execute`` only joins, runs and splits.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -17,6 +23,7 @@ import triton_python_backend_utils as pb_utils
 
 from client.contract import IMAGE, PROBS
 from server.backend.config import intra_op_threads, model_parameters, version_dir
+from server.backend.siblings import Siblings
 from server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
 
 #: onnxruntime's names of the dtypes in the contract.
@@ -70,12 +77,19 @@ class TritonPythonModel:
         params = model_parameters(args)
         path = version_dir(args) / params[PARAM_MODEL_FILE]
         instances = sum(int(group["count"]) for group in config["instance_group"])
+        alone, shared = intra_op_threads(params[PARAM_THREADS], instances)
+        spin = params.get(PARAM_SPIN) == "1"
         try:
-            threads = intra_op_threads(params[PARAM_THREADS], instances)
-            self.session = open_session(path, threads, params.get(PARAM_SPIN) == "1")
-            check_io(self.session, config, path)
+            self.alone = open_session(path, alone, spin)
+            check_io(self.alone, config, path)
+            self.shared = self.alone if shared == alone else open_session(path, shared, spin)
         except ModelLoadError as err:
             raise pb_utils.TritonModelException(str(err)) from None
+        self.siblings = None
+        if self.shared is not self.alone:
+            self.siblings = Siblings.of_instance(
+                args["model_name"], args["model_version"], args["model_instance_name"], instances
+            )
         (image,) = config["input"]
         shape = [int(config["max_batch_size"]), *(int(d) for d in image["dims"])]
         self.buffer = np.empty(shape, dtype=np.uint8)
@@ -88,7 +102,9 @@ class TritonPythonModel:
         else:
             total = sum(len(a) for a in arrays)
             batch = np.concatenate(arrays, out=self.buffer[:total])
-        probs = self.session.run(self.outputs, {IMAGE: batch})[0]
+        with self.siblings.running() if self.siblings else nullcontext(False) as crowded:
+            session = self.shared if crowded else self.alone
+            probs = session.run(self.outputs, {IMAGE: batch})[0]
         responses, start = [], 0
         for array in arrays:
             end = start + len(array)
@@ -96,3 +112,7 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             start = end
         return responses
+
+    def finalize(self) -> None:
+        if self.siblings is not None:
+            self.siblings.close()

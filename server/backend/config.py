@@ -19,7 +19,12 @@ def version_dir(args: dict[str, Any]) -> Path:
     return Path(args["model_repository"]) / str(args["model_version"])
 
 
-def intra_op_threads(param: str, instances: int) -> int:
-    """onnxruntime threads of one instance: the ``intra_op_threads`` parameter, or when it is 0
-    the cores this process may run on (its affinity, e.g. a container's cpuset) / instances."""
-    return int(param) or max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+def intra_op_threads(param: str, instances: int) -> tuple[int, int]:
+    """onnxruntime threads of one instance while the model's other instances are idle, and while
+    they are running: the ``intra_op_threads`` parameter both times, or when it is 0 every core
+    this process may run on (its affinity, e.g. a container's cpuset), and then that divided by
+    the instances."""
+    if int(param):
+        return int(param), int(param)
+    cores = len(os.sched_getaffinity(0))
+    return cores, max(1, cores // max(1, instances))

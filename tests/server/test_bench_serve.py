@@ -41,7 +41,7 @@ def test_bench_repository_holds_only_the_model_with_overrides(
     assert (repo / model / VERSION / onnx_path.name).resolve() == onnx_path
     scheduling = served_scheduling(repo, model)
     assert scheduling["instances"] == 2 and scheduling["max_queue_delay_us"] == 0
-    assert scheduling["threads"] >= 1
+    assert scheduling["threads_alone"] >= scheduling["threads_shared"] >= 1
     original = read_config(cpu_repo / model / CONFIG_FILE)
     assert scheduling["max_batch_size"] == original.max_batch_size
     with pytest.raises(ValueError, match="not an onnxruntime"):

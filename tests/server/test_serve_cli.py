@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -209,12 +210,16 @@ def test_serve_reports_models_serves_tls_and_stops_cleanly(
     assert stubs, session_processes(server_pid)
     regions = {arg for cmd in stubs.values() for arg in cmd if arg.startswith(SHM_PREFIX)}
     assert regions and all((Path("/dev/shm") / r).exists() for r in regions)
+    # Instances that pick their threads by whether their siblings run keep lock files.
+    locks = list(Path(tempfile.gettempdir()).glob(f"cxr-instances-{server_pid}-*"))
+    assert locks or len(os.sched_getaffinity(0)) == 1
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(STOP_DEADLINE_S) == 0, output.text
     assert "stopped" in output.text
     assert session_processes(server_pid) == {}, "processes of the server outlived it"
     assert not [r for r in regions if (Path("/dev/shm") / r).exists()], "shared memory left"
+    assert not [lock for lock in locks if lock.exists()], "instance lock files left"
 
 
 def test_a_signal_while_starting_stops_everything(cpu_repo: Path) -> None:
