@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from client.inputs import Input, as_items, fallback_source
@@ -22,12 +24,25 @@ from client.requests import (
 T = TypeVar("T")
 
 
+def default_decode_threads() -> int:
+    """Every core but one (at least one): the event loop and gRPC keep a core. Decoding threads
+    beyond the cores fight over the interpreter lock: on 2 cores, 2 threads cost 40 % more CPU
+    per decoded PNG than 1."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class AsyncTriageClient(ClientBase):
-    """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls).
+    """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls, and
+    ``decode_threads``, default :func:`default_decode_threads`).
 
     :meth:`predict_stream` keeps ``concurrency`` requests in flight on one gRPC channel while
-    inputs are decoded in a thread pool.
+    inputs are decoded in a pool of ``decode_threads`` threads.
     """
+
+    def __init__(self, *args: Any, decode_threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        threads = decode_threads or default_decode_threads()
+        self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="cxr-decode")
 
     def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc.aio as aioclient
@@ -124,7 +139,7 @@ class AsyncTriageClient(ClientBase):
             return None
         index, value = item
         loop = asyncio.get_running_loop()
-        return index, value, loop.run_in_executor(None, prepare, value, index, info)
+        return index, value, loop.run_in_executor(self._decoder, prepare, value, index, info)
 
     async def predict_one(
         self,
@@ -141,7 +156,7 @@ class AsyncTriageClient(ClientBase):
         try:
             if preparing is None:
                 preparing = asyncio.get_running_loop().run_in_executor(
-                    None, prepare, value, index, info
+                    self._decoder, prepare, value, index, info
                 )
             request = await preparing
             if not isinstance(request, PreparedRequest):
@@ -206,7 +221,8 @@ class AsyncTriageClient(ClientBase):
         return await self._call(self._client.get_model_metadata, name, as_json=True)
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channel and stop the decoding threads."""
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         await self._client.close()
 
     async def __aenter__(self) -> AsyncTriageClient:
