@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+#: Lock folders are named ``PREFIX<server pid>-<model>-<version>``.
+PREFIX = "cxr-instances-"
+
 
 class Siblings:
     """The instance ``name`` among the ``instances`` of a model whose lock files are in
@@ -31,8 +34,9 @@ class Siblings:
     @classmethod
     def of_instance(cls, model: str, version: str, name: str, instances: int) -> Siblings:
         """The siblings of instance ``name`` of ``model`` in the server that started this stub."""
-        folder = Path(tempfile.gettempdir()) / f"cxr-instances-{os.getppid()}-{model}-{version}"
-        return cls(folder, name, instances)
+        root = Path(tempfile.gettempdir())
+        remove_stale(root)
+        return cls(root / f"{PREFIX}{os.getppid()}-{model}-{version}", name, instances)
 
     def _find(self) -> None:
         """Open the lock files of siblings that have started since the last look."""
@@ -72,3 +76,24 @@ class Siblings:
         (self.folder / self.name).unlink(missing_ok=True)
         with suppress(OSError):  # siblings still have their files there
             self.folder.rmdir()
+
+
+def remove_stale(root: Path) -> None:
+    """Remove the lock folders in ``root`` of servers that are no longer running."""
+    for folder in root.glob(f"{PREFIX}*"):
+        pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            for path in folder.glob("*"):
+                path.unlink(missing_ok=True)
+            with suppress(OSError):  # another instance got there first
+                folder.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

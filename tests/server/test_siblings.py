@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from server.backend.config import intra_op_threads
-from server.backend.siblings import Siblings
+from server.backend.siblings import PREFIX, Siblings, remove_stale
 
 
 def test_an_instance_sees_a_sibling_run_and_stop(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_sibling_killed_while_running_is_not_busy(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from server.backend.siblings import Siblings
+        from server.backend.siblings import PREFIX, Siblings, remove_stale
         with Siblings(Path({str(folder)!r}), "m_0_1", 2).running():
             print("running", flush=True)
             sys.stdin.read()
@@ -56,3 +56,15 @@ def test_threads_alone_and_shared() -> None:
     assert intra_op_threads("0", 2) == (cores, max(1, cores // 2))
     assert intra_op_threads("0", 1) == (cores, cores)
     assert intra_op_threads("3", 2) == (3, 3)  # a fixed count is used both times
+
+
+def test_folders_of_servers_that_died_are_removed(tmp_path: Path) -> None:
+    code = "import os; print(os.getpid())"
+    gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    stale = tmp_path / f"{PREFIX}{gone.stdout.strip()}-m-1"
+    live = tmp_path / f"{PREFIX}{os.getpid()}-m-1"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "m_0_0").touch()
+    remove_stale(tmp_path)
+    assert not stale.exists() and (live / "m_0_0").exists()
