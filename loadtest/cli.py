@@ -316,7 +316,9 @@ def sweep_command(
     batch_sizes: Annotated[str, typer.Option(help="max_batch_size values.")] = "8,32",
     delays_us: Annotated[str, typer.Option(help="max_queue_delay_microseconds values.")] = "0,2000",
     instances: Annotated[str, typer.Option(help="Instance counts.")] = "1,2",
-    threads: Annotated[str, typer.Option(help="onnxruntime threads per instance.")] = "1,2",
+    threads: Annotated[
+        str, typer.Option(help="onnxruntime threads per instance; 0 = adaptive (the default).")
+    ] = "0,1",
     users: Annotated[str, typer.Option(help="Concurrencies measured per configuration.")] = "8",
     duration: Duration = "8s",
     warmup: Warmup = "2s",
