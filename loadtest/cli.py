@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -255,16 +256,7 @@ def baseline_command(
         images=images,
         timeout=timeout,
     )
-    locust_settings = RunSettings(
-        url=url,
-        model=model,
-        users=users,
-        duration=settings.duration,
-        warmup=settings.warmup,
-        stat_fraction=stat_fraction,
-        images=images,
-        timeout=timeout,
-    )
+    locust_settings = RunSettings(**dataclasses.asdict(settings))  # the same fields, for Locust
     ratios = []
     for _ in range(rounds if compare else 1):
         try:

@@ -27,6 +27,7 @@ import typer
 from typer.testing import CliRunner
 
 from client import contract
+from server.backend.siblings import PREFIX as LOCK_PREFIX
 from server.repository import ONNX_FILE, VERSION
 from server.triton import SHM_PREFIX, free_port
 
@@ -211,7 +212,7 @@ def test_serve_reports_models_serves_tls_and_stops_cleanly(
     regions = {arg for cmd in stubs.values() for arg in cmd if arg.startswith(SHM_PREFIX)}
     assert regions and all((Path("/dev/shm") / r).exists() for r in regions)
     # Instances that pick their threads by whether their siblings run keep lock files.
-    locks = list(Path(tempfile.gettempdir()).glob(f"cxr-instances-{server_pid}-*"))
+    locks = list(Path(tempfile.gettempdir()).glob(f"{LOCK_PREFIX}{server_pid}-*"))
     assert locks or len(os.sched_getaffinity(0)) == 1
 
     process.send_signal(signal.SIGTERM)
