@@ -40,6 +40,8 @@ class AsyncTriageClient(ClientBase):
     """
 
     def __init__(self, *args: Any, decode_threads: int | None = None, **kwargs: Any) -> None:
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, not {decode_threads}")
         super().__init__(*args, **kwargs)
         threads = decode_threads or default_decode_threads()
         self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="cxr-decode")

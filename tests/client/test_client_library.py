@@ -199,7 +199,7 @@ def test_async_client_matches_sync_in_input_order(
     inputs = [*xray_pngs, *bad_inputs, *reversed(xray_pngs)]
 
     async def run() -> list:
-        async with AsyncTriageClient(triton.grpc_url) as client:
+        async with AsyncTriageClient(triton.grpc_url, decode_threads=2) as client:
             assert await client.is_ready() and await client.is_live()
             return await client.predict(inputs, concurrency=4)
 
@@ -213,6 +213,11 @@ def test_async_client_matches_sync_in_input_order(
             assert a.pneumonia_probability == pytest.approx(b.pneumonia_probability, abs=1e-5)
         else:
             assert a.code == b.code
+
+
+def test_async_client_refuses_no_decoding_threads() -> None:
+    with pytest.raises(ValueError, match="decode_threads must be at least 1, not 0"):
+        AsyncTriageClient("localhost:1", decode_threads=0)
 
 
 def test_predict_accepts_any_iterable(triton, xray_pngs: list[Path]) -> None:
