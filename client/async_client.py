@@ -140,8 +140,14 @@ class AsyncTriageClient(ClientBase):
         if item is None:
             return None
         index, value = item
+        return index, value, self._decode(value, index, info)
+
+    def _decode(
+        self, value: Input, index: int, info: ModelInfo
+    ) -> asyncio.Future[PreparedRequest | Failure]:
+        """Start decoding one input in the decoding threads."""
         loop = asyncio.get_running_loop()
-        return index, value, loop.run_in_executor(self._decoder, prepare, value, index, info)
+        return loop.run_in_executor(self._decoder, prepare, value, index, info)
 
     async def predict_one(
         self,
@@ -157,9 +163,7 @@ class AsyncTriageClient(ClientBase):
         source = fallback_source(value, index)
         try:
             if preparing is None:
-                preparing = asyncio.get_running_loop().run_in_executor(
-                    self._decoder, prepare, value, index, info
-                )
+                preparing = self._decode(value, index, info)
             request = await preparing
             if not isinstance(request, PreparedRequest):
                 return request

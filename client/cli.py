@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 client_app = typer.Typer(no_args_is_help=True, help="Triage over gRPC, health, model listing.")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-#: Error codes that may succeed when tried again later (``--resume``).
-TRANSIENT = ("unavailable", "server_busy", "deadline_exceeded")
 
 
 def _stderr() -> Console:
@@ -241,7 +239,11 @@ def _summary(
     if elapsed and sent:
         line += f"; {sent} triaged in {elapsed[0]:.1f} s ({sent / max(elapsed[0], 1e-9):.0f}/s)"
     console.print(line + (f" -> {escape(str(out))}" if out else ""))
-    transient = sum(failures[code] for code in TRANSIENT)
+    from client.protocol import RETRYABLE
+
+    # Codes that may succeed when tried again later (``--resume``): what the client retries,
+    # and requests that ran out of their deadline doing so.
+    transient = sum(failures[code] for code in (*RETRYABLE, "deadline_exceeded"))
     if transient and out is not None:
         console.print(
             f"{transient} failed because of the server (unreachable, busy or too slow): "

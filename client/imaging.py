@@ -369,13 +369,18 @@ def load_model_input(data: bytes, size: int) -> np.ndarray:
     return to_model_input(decode_image(data), size)
 
 
+def is_dataset(value: object) -> bool:
+    """Whether ``value`` is a pydicom dataset (checked without importing pydicom)."""
+    return type(value).__name__ in ("Dataset", "FileDataset") or hasattr(value, "PixelData")
+
+
 def as_gray(value: Any) -> np.ndarray:
     """Turn an in-memory image (numpy array, PIL image or pydicom dataset) into 2-D uint8."""
     if isinstance(value, Image.Image):
         return pil_to_gray(value)
     if isinstance(value, np.ndarray):
         return array_to_gray(value)
-    if hasattr(value, "PixelData") or type(value).__name__ in ("Dataset", "FileDataset"):
+    if is_dataset(value):
         return dicom_to_gray(value)
     raise ImageDecodeError("unsupported_type", f"unsupported input type {type(value).__name__}")
 

@@ -26,6 +26,7 @@ from client.imaging import (
     decode_image,
     dicom_identity,
     dicom_to_gray,
+    is_dataset,
     read_dicom,
     sniff_format,
     to_model_input,
@@ -74,11 +75,6 @@ class Prepared:
 
     source: str  # a path, or a non-identifying handle
     data: bytes | None = None  # the encoded file when it came as a file or bytes
-
-
-def is_dataset(value: object) -> bool:
-    """Whether ``value`` is a pydicom dataset (checked without importing pydicom)."""
-    return type(value).__name__ in ("Dataset", "FileDataset") or hasattr(value, "PixelData")
 
 
 def as_items(inputs: Input | Iterable[Input]) -> list[Input]:

@@ -40,12 +40,10 @@ def check_gate_labels(labels: np.ndarray, source: str) -> None:
         )
 
 
-def evaluate(
-    path: Path, images: np.ndarray, labels: np.ndarray, threshold: float, threads: int | None = None
-) -> Evaluation:
+def evaluate(path: Path, images: np.ndarray, labels: np.ndarray, threshold: float) -> Evaluation:
     """Run the ONNX at ``path`` on ``images`` and compute the triage metrics at ``threshold``."""
-    probs = run_probs(ort_session(path, threads), images)
-    scores = 1.0 - probs[:, 0]  # triage score: 1 - P(normal), as in training
+    probs = run_probs(ort_session(path), images)
+    scores = metrics.triage_scores(probs)
     positives = (labels != 0).astype(np.int64)
     return Evaluation(
         probs,

@@ -334,7 +334,7 @@ def _publish(
             continue
         clf = Classifier(variant.name, variant.path, card)
         if variant.tensorrt:  # config max_batch_size = the engine profile's largest batch
-            folder = publish_classifier(repo, clf, Scheduling(opts.max_batch), keep_tuning=False)
+            folder = publish_classifier(repo, clf, Scheduling(opts.max_batch))
         else:
             folder = publish_classifier(repo, clf)
         published.append(clf)
@@ -353,7 +353,7 @@ def _engine(folder: Path, card: dict, opts: ConvertOptions, trt_missing: str | N
     plan = folder / VERSION / PLAN_FILE
     stale = plan.is_file()  # built from an earlier ONNX: never serve it with the new config
     plan.unlink(missing_ok=True)
-    plan.with_name(plan.name + ".json").unlink(missing_ok=True)
+    tensorrt.stamp_path(plan).unlink(missing_ok=True)
     note = ". Removed the plan built from an earlier ONNX" if stale else ""
     if trt_missing:
         return {

@@ -59,6 +59,12 @@ def unavailable() -> str | None:
     return None
 
 
+def stamp_path(plan: Path) -> Path:
+    """The JSON stamp written beside a plan (by ``build_engine`` and ``docker/build_engines.sh``):
+    which TensorRT, GPU and ONNX built it."""
+    return plan.with_name(plan.name + ".json")
+
+
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -109,7 +115,7 @@ def build_engine(
         "builder": "cxr convert: TensorRT Python API, strongly typed",
     }
     _write_atomic(
-        plan_path.with_name(plan_path.name + ".json"),
+        stamp_path(plan_path),
         (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode(),
     )
     return stamp

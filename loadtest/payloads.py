@@ -84,7 +84,9 @@ def prepare_target(
     name, size = resolve_model(client, model, timeout)
     inputs = []
     for image in load_payloads(images, size):
-        tensor = grpcclient.InferInput(contract.IMAGE, list(image.shape), "UINT8")
+        tensor = grpcclient.InferInput(
+            contract.IMAGE, list(image.shape), contract.IMAGE_TRITON_DTYPE
+        )
         tensor.set_data_from_numpy(image)
         inputs.append([tensor])
     outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]

@@ -92,7 +92,6 @@ class RunResult:
 
     stats: dict[str, Stats]
     errors: list[tuple[str, str, int]] = field(default_factory=list)  # (name, error, count)
-    output: str = ""
 
 
 @dataclass
@@ -200,7 +199,7 @@ def _ms(value: str) -> float:
 
 
 def run_locust(settings: RunSettings) -> RunResult:
-    """Run Locust headless; return its statistics, its errors and its output."""
+    """Run Locust headless; return its statistics and its errors."""
     with tempfile.TemporaryDirectory(prefix="cxr-locust-") as scratch:
         prefix = settings.csv_prefix or Path(scratch) / "run"
         for path in (settings.csv_prefix, settings.html):
@@ -221,4 +220,4 @@ def run_locust(settings: RunSettings) -> RunResult:
         output = done.stdout + done.stderr
         if done.returncode != 0:
             raise RuntimeError(f"locust exited with {done.returncode}:\n{output[-3000:]}")
-        return RunResult(read_stats(prefix), read_failures(prefix), output)
+        return RunResult(read_stats(prefix), read_failures(prefix))

@@ -152,7 +152,7 @@ async def _closed_loop(
         await asyncio.gather(*(loop(stubs[i % clients]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
         client_cpu = time.process_time() - client_cpu
-        if server_cpu is not None and server_session:
+        if server_cpu is not None:
             server_cpu = session_cpu_seconds(server_session) - server_cpu
     finally:
         for channel in channels:
@@ -275,6 +275,8 @@ def bench_serve(
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
         served_repo, onnx_path = bench_repository(repo, model, overrides, Path(scratch) / "repo")
         size = int(read_config(served_repo / model / CONFIG_FILE).input[0].dims[-1])
+        scheduling = served_scheduling(served_repo, model)
+        spin = bool(scheduling["spin"])  # the same on both sides
         image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
         config = ServerConfig(
             served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
@@ -287,7 +289,6 @@ def bench_serve(
                 if server.failed_models():
                     raise RuntimeError(f"{model} did not load: {server.failed_models()}")
                 assert server.process is not None
-                spin = bool(served_scheduling(served_repo, model)["spin"])  # the same on both sides
                 for repeat in range(repeats):
                     for level in (concurrency, 1):  # the server idles while in-process runs
                         row = inprocess(onnx_path, level, seconds, spin)
@@ -313,7 +314,6 @@ def bench_serve(
         finally:
             if overrides.omp_threads is not None:
                 _restore_env("OMP_NUM_THREADS", previous_omp)
-        scheduling = served_scheduling(served_repo, model)
     return {
         "model": model,
         "onnx": str(onnx_path),

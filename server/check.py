@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from client import contract
+from convert.tensorrt import sha256, stamp_path
 from server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -31,8 +32,6 @@ from server.repository import (
 
 #: ONNX element types (onnx.TensorProto) of the contract's dtypes.
 ONNX_DTYPES = {1: "FP32", 2: "UINT8", 10: "FP16"}
-#: Stamp written beside a plan by ``cxr convert`` and ``docker/build_engines.sh``.
-STAMP_SUFFIX = ".json"
 
 
 @dataclass
@@ -202,13 +201,13 @@ def _check_engine(
     if not plan.is_file():
         hint = f"build it from {source}" if source.is_file() else f"and no {source} to build from"
         return [Problem(name, f"engine {plan} is missing ({hint}: docker compose run engines)")]
-    stamp_path = plan.with_name(plan.name + STAMP_SUFFIX)
-    if not stamp_path.is_file():
-        return [Problem(name, f"{stamp_path} missing: cannot tell which TensorRT and GPU built it")]
+    stamp_file = stamp_path(plan)
+    if not stamp_file.is_file():
+        return [Problem(name, f"{stamp_file} missing: cannot tell which TensorRT and GPU built it")]
     try:
-        stamp: dict[str, Any] = json.loads(stamp_path.read_text())
+        stamp: dict[str, Any] = json.loads(stamp_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return [Problem(name, f"{stamp_path} is not valid JSON: {err}")]
+        return [Problem(name, f"{stamp_file} is not valid JSON: {err}")]
     found = []
     built_trt = stamp.get("tensorrt_version")
     if machine.tensorrt_version and built_trt != machine.tensorrt_version:
@@ -229,11 +228,9 @@ def _check_engine(
                 f"{machine.compute_capability}: rebuild it on this GPU",
             )
         )
-    if source.is_file() and stamp.get("onnx_sha256"):
-        from convert.tensorrt import sha256
-
-        if sha256(source) != stamp["onnx_sha256"]:
-            found.append(Problem(name, f"{plan} was built from another ONNX than {source}"))
+    built_from = stamp.get("onnx_sha256")
+    if source.is_file() and built_from and sha256(source) != built_from:
+        found.append(Problem(name, f"{plan} was built from another ONNX than {source}"))
     built_batch = stamp.get("max_batch")
     if built_batch is not None and int(built_batch) < config.max_batch_size:
         found.append(

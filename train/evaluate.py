@@ -139,7 +139,7 @@ def evaluate(
         raise EvaluationError(f"{data} [{split}]: no readable images")
     probs = predictor.predict(part.images)
     labels = (part.labels != 0).astype(np.int64)
-    scores = 1.0 - probs[:, 0]
+    scores = metrics.triage_scores(probs)
     return Report(
         metrics.binary_metrics(labels, scores, predictor.threshold),
         labels,

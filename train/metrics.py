@@ -26,10 +26,16 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "threshold_for_sensitivity",
+    "triage_scores",
 ]
 
 # Replicates processed per vectorised chunk in the bootstrap (bounds peak memory).
 _BOOT_CHUNK = 128
+
+
+def triage_scores(probs: NDArray[np.floating]) -> NDArray[np.floating]:
+    """The urgent score per image: 1 - P(normal class), i.e. P(pneumonia) for binary models."""
+    return 1.0 - probs[:, 0]
 
 
 def _binary_inputs(labels: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.bool_], NDArray]:

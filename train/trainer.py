@@ -86,11 +86,6 @@ def predict_probs(model: TriageNet, images: np.ndarray, device: torch.device, ba
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
 
 
-def triage_scores(probs: np.ndarray) -> np.ndarray:
-    """The urgent score per image: 1 - P(normal class), i.e. P(pneumonia) for binary models."""
-    return 1.0 - probs[:, 0]
-
-
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -109,7 +104,7 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
     out.mkdir(parents=True, exist_ok=True)
     history = _fit(model, data, config, device, out)
     model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location=device, weights_only=True))
-    scores = triage_scores(predict_probs(model, data.val.images, device))
+    scores = metrics.triage_scores(predict_probs(model, data.val.images, device))
     positives = (data.val.labels != 0).astype(np.int64)
     threshold = metrics.threshold_for_sensitivity(positives, scores, config.target_sensitivity)
     card = ModelCard(
@@ -241,7 +236,7 @@ def _validate(model: TriageNet, data: TrainingData, device: torch.device) -> dic
     positives = (data.val.labels != 0).astype(np.int64)
     return {
         "val_loss": float(-np.log(np.clip(picked, 1e-7, None)).mean()),
-        "val_auc": metrics.roc_auc(positives, triage_scores(probs)),
+        "val_auc": metrics.roc_auc(positives, metrics.triage_scores(probs)),
     }
 
 
