@@ -243,7 +243,7 @@ def baseline_command(
     ] = 1,
 ) -> None:
     """Closed-loop asyncio tritonclient generator: the reference rate for Locust."""
-    from loadtest.baseline import BaselineSettings, run_baseline
+    from loadtest.baseline import BaselineSettings, discover, run_baseline
 
     check_images(images)
     settings = BaselineSettings(
@@ -258,9 +258,11 @@ def baseline_command(
     )
     locust_settings = RunSettings(**dataclasses.asdict(settings))  # the same fields, for Locust
     ratios = []
+    target = None  # read from the server once, for every round
     for _ in range(rounds if compare else 1):
         try:
-            result = run_baseline(settings)
+            target = target or discover(settings)
+            result = run_baseline(settings, target)
         except Exception as err:
             raise fail(f"baseline against {url}: {err}") from err
         print_result(result, f"asyncio baseline: {users} users, {settings.duration:g} s")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import contract
-from loadtest.baseline import BaselineSettings, run_baseline
+from loadtest.baseline import BaselineSettings, discover, run_baseline
 from loadtest.runner import Stats
 from server.repository import (
     CONFIG_FILE,
@@ -115,11 +115,13 @@ def measure(
             if failed:
                 reason = "; ".join(f"{name}: {why}" for name, why in failed.items())
                 return [Point(scheduling, n, error=reason[:200]) for n in users]
-            points = []
+            points, target = [], None  # the payloads are read from this server once
             for n in users:
                 run = dataclasses.replace(settings, url=server.grpc_url, model=clf.name, users=n)
                 try:
-                    points.append(Point(scheduling, n, run_baseline(run).stats["Aggregated"]))
+                    target = target or discover(run)
+                    stats = run_baseline(run, target).stats["Aggregated"]
+                    points.append(Point(scheduling, n, stats))
                 except Exception as err:  # e.g. the server died: recorded, the sweep goes on
                     points.append(Point(scheduling, n, error=f"not measured: {err}"[:200]))
             return points

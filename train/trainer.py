@@ -206,12 +206,13 @@ def _fit(
                 schedule.step()
                 if average:
                     average.update(model)
-                total_loss += loss.item()
+                step_loss = loss.item()  # one device sync per step
+                total_loss += step_loss
                 progress.update(
                     task,
                     advance=1,
                     description=f"epoch {epoch}/{config.epochs}",
-                    status=f"loss {loss.item():.3f}",
+                    status=f"loss {step_loss:.3f}",
                 )
             row = {"epoch": epoch, "train_loss": total_loss / steps_per_epoch}
             row.update(_validate(selected, data, device))
