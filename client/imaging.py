@@ -102,14 +102,20 @@ def decode_image(data: bytes) -> np.ndarray:
                 "unsupported_type", f"expected encoded bytes, got {type(data).__name__}"
             )
         data = bytes(data)
+    kind = image_kind(data)
+    if kind == "dicom":
+        return dicom_to_gray(read_dicom(data))
+    return _decode_raster(data, kind)
+
+
+def image_kind(data: bytes) -> str:
+    """``png``, ``jpeg`` or ``dicom`` by magic number; empty or other bytes are refused."""
     if not data:
         raise ImageDecodeError("empty", "empty input (0 bytes)")
     kind = sniff_format(data)
-    if kind == "dicom":
-        return dicom_to_gray(read_dicom(data))
     if kind is None:
         raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM file")
-    return _decode_raster(data, kind)
+    return kind
 
 
 def _decode_raster(data: bytes, kind: str) -> np.ndarray:

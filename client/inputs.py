@@ -26,9 +26,9 @@ from client.imaging import (
     decode_image,
     dicom_identity,
     dicom_to_gray,
+    image_kind,
     is_dataset,
     read_dicom,
-    sniff_format,
     to_model_input,
 )
 
@@ -135,13 +135,8 @@ def server_payload(value: Input, prepared: Prepared) -> bytes:
     """Encoded bytes for the server's ``preprocess``: PNG/JPEG as they are, DICOM with its
     pixel attributes only, in-memory images as PNG."""
     if prepared.data is not None:
-        if not prepared.data:
-            raise ImageDecodeError("empty", "empty input (0 bytes)")
-        kind = sniff_format(prepared.data)
-        if kind == "dicom":
+        if image_kind(prepared.data) == "dicom":
             return pixel_only_dicom(read_dicom(prepared.data))
-        if kind is None:
-            raise ImageDecodeError("not_an_image", "not a PNG, JPEG or DICOM file")
         return prepared.data
     if is_dataset(value):
         return pixel_only_dicom(value)

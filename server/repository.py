@@ -249,7 +249,10 @@ def _write_model(repo: Path, config: mc.ModelConfig, classes: list[str] | None =
 
 def scheduling_of(path: Path) -> Scheduling:
     """The scheduling a classifier's ``config.pbtxt`` holds (queue policies included)."""
-    config = read_config(path)
+    return _scheduling(read_config(path))
+
+
+def _scheduling(config: mc.ModelConfig) -> Scheduling:
     batching = config.dynamic_batching
     routine = batching.default_queue_policy
     stat = batching.priority_queue_policy.get(contract.PRIORITY_STAT, routine)
@@ -277,7 +280,7 @@ def _tuned(previous: Path, clf: Classifier) -> Scheduling | None:
         old = read_config(previous)
     except text_format.ParseError:
         return None
-    return scheduling_of(previous) if old.backend == "python" else None
+    return _scheduling(old) if old.backend == "python" else None
 
 
 def publish_classifier(
