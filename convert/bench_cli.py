@@ -72,3 +72,41 @@ def onnx_command(
         typer.echo(json.dumps(rows, indent=2))
     else:
         print_rows(f"{model} (onnxruntime CPU, in-process)", rows)
+
+
+#: The start-up measured by ``cxr bench startup``: the light client's CLI answering ``--help``.
+STARTUP_COMMAND = ("client", "predict", "--help")
+
+
+@bench_app.command("startup")
+def startup_command(
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs after one untimed warm-up.")] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+) -> None:
+    """Wall time of ``cxr client predict --help`` in a fresh interpreter (target: < 0.5 s)."""
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "cxr", *STARTUP_COMMAND]
+    timings = []
+    for run in range(runs + 1):
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            console.print(f"[red]error:[/red] {' '.join(command)} failed:\n{done.stderr}")
+            raise typer.Exit(2)
+        if run:  # the first run only warms the file cache
+            timings.append(time.perf_counter() - started)
+    row = {
+        "command": "cxr " + " ".join(STARTUP_COMMAND),
+        "runs": runs,
+        "min_s": round(min(timings), 3),
+        "median_s": round(statistics.median(timings), 3),
+        "max_s": round(max(timings), 3),
+    }
+    if json_out:
+        typer.echo(json.dumps(row, indent=2))
+    else:
+        print_rows("start-up (fresh interpreter, warm file cache)", [row])

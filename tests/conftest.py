@@ -34,22 +34,63 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+#: What the session's model must achieve on every split of ``synthetic_data`` before any test
+#: uses it: the lowest PNEUMONIA score minus the highest NORMAL score. INT8 moves a score of this
+#: model by about 0.02, so a gap of 0.2 with the threshold in its middle leaves every image
+#: decided the same way by every variant.
+SEPARATION = 0.2
+
+
+class SessionModelError(AssertionError):
+    """The session's model does not separate the synthetic classes by :data:`SEPARATION`."""
+
+
 @pytest.fixture(scope="session")
 def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory trained from scratch on the synthetic data."""
-    from train.trainer import TrainConfig, train
+    """A run directory trained from scratch on the synthetic data, whose behaviour is verified.
+
+    Trained with the raw weights exported (``ema_decay=0``), a fixed seed and the locked
+    versions; then checked to separate the classes by :data:`SEPARATION` on every split (a loud
+    :class:`SessionModelError` otherwise, instead of failures downstream), and its operating
+    threshold set to the middle of that gap, so every image lies at least ``SEPARATION / 2``
+    from it: the served, converted and client tests then have known answers.
+    """
+    import numpy as np
+    import torch
+
+    from train.data import load_split
+    from train.models import load_trained
+    from train.trainer import TrainConfig, predict_probs, train
 
     run = tmp_path_factory.mktemp("runs") / "run"
     config = TrainConfig(
         arch="resnet18",
         pretrained="none",
         image_size=TEST_IMAGE_SIZE,
-        epochs=4,
+        epochs=10,
         batch_size=32,
         lr=2e-3,
+        ema_decay=0,
         seed=0,
     )
     train(synthetic_data, run, config)
+    model, card = load_trained(run)
+    lowest_positive, highest_negative = 1.0, 0.0
+    for split in ("train", "val", "test"):
+        data = load_split(synthetic_data, split, card.image_size)
+        scores = 1.0 - predict_probs(model, data.images, torch.device("cpu"))[:, 0]
+        lowest_positive = min(lowest_positive, float(scores[data.labels == 1].min()))
+        highest_negative = max(highest_negative, float(scores[data.labels == 0].max()))
+    gap = lowest_positive - highest_negative
+    if gap < SEPARATION:
+        raise SessionModelError(
+            f"the session's model separates the synthetic classes by {gap:.3f} (lowest "
+            f"PNEUMONIA score {lowest_positive:.3f}, highest NORMAL {highest_negative:.3f}); the "
+            f"tests need {SEPARATION}. Training changed: adjust the recipe in tests/conftest.py."
+        )
+    card.threshold = float(np.float32((lowest_positive + highest_negative) / 2))
+    card.training["threshold_rule"] = "tests: middle of the verified separation gap"
+    card.save(run)
     return run
 
 

@@ -1,11 +1,11 @@
-"""The import-weight rule: the client never pulls torch, torchvision or onnx, and
-``cxr client predict --help`` answers fast."""
+"""The import-weight rule: the client never pulls torch, torchvision or onnx (its start-up time
+is a benchmark, ``cxr bench startup``, not a test)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -43,16 +43,11 @@ def test_client_never_imports_heavy_packages(module: str) -> None:
     assert not loaded & set(HEAVY), f"{module} imports {sorted(loaded & set(HEAVY))}"
 
 
-def test_client_predict_help_is_fast() -> None:
-    command = [sys.executable, "-m", "cxr", "client", "predict", "--help"]
-    subprocess.run(command, capture_output=True, check=True)  # warm the file cache
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        timings.append(time.perf_counter() - started)
-    assert "--concurrency" in done.stdout
-    assert min(timings) < 0.5, f"cxr client predict --help took {min(timings):.2f} s"
+def test_startup_benchmark_prints_its_figures() -> None:
+    command = [sys.executable, "-m", "cxr", "bench", "startup", "--runs", "1", "--json"]
+    row = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert row["command"] == "cxr client predict --help" and row["runs"] == 1
+    assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
 
 
 def test_predict_help_does_not_load_heavy_packages() -> None:

@@ -176,7 +176,8 @@ def test_unreachable_server_retries_until_the_deadline(unused_port: int) -> None
     elapsed = time.monotonic() - started
     assert caught.value.code == "unavailable"
     assert "gave up after" in str(caught.value) and "tries" in str(caught.value)
-    assert 0.5 < elapsed < 5, elapsed
+    # It retried for (about) the whole 1.5 s deadline; 30 s only catches a hang.
+    assert 0.5 < elapsed < 30, elapsed
 
 
 def test_health_and_metadata(triton) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,7 @@ def test_fuzzed_files_get_clear_errors_and_the_server_survives(
     served: Any, grpc: Any, samples_dir: Path
 ) -> None:
     files = malformed_inputs(SEED, COUNT)
-    started = time.monotonic()
     results = asyncio.run(asyncio.wait_for(_campaign(served.grpc_url, files), CAMPAIGN_DEADLINE_S))
-    elapsed = time.monotonic() - started
     unclear = []
     codes: dict[str, int] = {}
     for (name, _), result in zip(files, results, strict=True):
@@ -67,7 +64,6 @@ def test_fuzzed_files_get_clear_errors_and_the_server_survives(
             codes[match.group(1)] = codes.get(match.group(1), 0) + 1
     assert not unclear, unclear
     assert sum(codes.values()) >= COUNT // 2, codes  # the campaign did exercise the errors
-    assert elapsed < CAMPAIGN_DEADLINE_S
     assert grpc.is_server_live() and grpc.is_server_ready()
     png = (samples_dir / "nih_00000001_000.png").read_bytes()
     tensor = grpcclient.InferInput(contract.IMAGE_BYTES, [1, 1], "BYTES")
