@@ -260,6 +260,26 @@ def test_probes_use_live_for_liveness_ready_for_readiness_and_give_startup_minut
             assert response.status == 200, path
 
 
+def test_cpu_exec_probes_pass_on_a_serving_server_and_fail_without_one(
+    rendered: dict[str, list[dict[str, Any]]], triton: Any
+) -> None:
+    """The embedded runtime's exec probes, run as the kubelet runs them (port moved to the
+    fixture's): exit 0 against the real server, non-zero where nothing listens."""
+    from server.triton import free_port
+
+    server_port = urllib.parse.urlsplit(triton.http_url).port
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = container(rendered["cpu"])[name]["exec"]["command"]
+        assert command[0] == "python3"
+        for port, expect_ok in ((server_port, True), (free_port(), False)):
+            script = command[-1].replace(f":{PORTS['http']}/", f":{port}/")
+            done = subprocess.run(
+                [sys.executable, *command[1:-1], script],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert (done.returncode == 0) == expect_ok, (name, port, done.stderr[-300:])
+
+
 def test_gpu_runs_composes_triton_command_and_builds_engines_in_the_same_image(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
