@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from client.dicom_read import PIXEL_ATTRIBUTES
 from client.imaging import (
     ImageDecodeError,
     as_gray,
@@ -34,37 +35,6 @@ from client.imaging import (
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-#: DICOM attributes that describe pixels and nothing else: all a decoder needs.
-PIXEL_ATTRIBUTES = (
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "WindowCenter",
-    "WindowWidth",
-    "VOILUTFunction",
-    "VOILUTSequence",
-    "ModalityLUTSequence",
-    "RedPaletteColorLookupTableDescriptor",
-    "GreenPaletteColorLookupTableDescriptor",
-    "BluePaletteColorLookupTableDescriptor",
-    "RedPaletteColorLookupTableData",
-    "GreenPaletteColorLookupTableData",
-    "BluePaletteColorLookupTableData",
-    "ExtendedOffsetTable",
-    "ExtendedOffsetTableLengths",
-    "PixelData",
-)
 
 Input = str | Path | bytes | np.ndarray | Image.Image | Any  # Any: a pydicom Dataset
 
