@@ -56,7 +56,7 @@ _READ_ATTRIBUTES = (*PIXEL_ATTRIBUTES, "SOPInstanceUID")
 
 #: Reads of the parser (about one per data element) before a file is refused: real radiographs
 #: have a few hundred to a few thousand elements; 600,000 tiny ones cost pydicom >200 MB.
-MAX_ELEMENT_READS = 200_000
+MAX_ELEMENT_READS = 100_000
 #: Largest inflated Deflated Explicit VR Little Endian dataset (a 4000x5000 16-bit image is 40 MB).
 MAX_INFLATED_BYTES = 48 * 2**20
 #: Largest kept attribute other than Pixel Data (a 65,536-entry 16-bit LUT is 128 KiB).

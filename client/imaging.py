@@ -62,6 +62,8 @@ __all__ = ["DECODE_CODES", "ImageDecodeError"]
 REDUCING_GAP = 3.0
 #: Bytes of an encapsulated frame searched for its codestream header (SOF / SIZ).
 _HEADER_BYTES = 65_536
+#: Pixels converted per band where a full-size intermediate copy is avoided.
+_BAND_PIXELS = 1 << 20
 #: Attributes an uncompressed frame needs before it is read here rather than by pydicom.
 _NATIVE_REQUIRED = (
     "BitsAllocated",
@@ -151,14 +153,8 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
 def pil_to_gray(image: Image.Image) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to a 2-D uint8 array."""
     _check_pixel_count(image.width, image.height)
-    if image.mode in ("I;16", "I;16B", "I;16L"):  # own min..max, through one table
-        pixels = np.asarray(image)
-        codes = np.arange(65_536, dtype=np.float32)
-        low, high = int(pixels.min()), int(pixels.max())
-        if high <= low:
-            return np.zeros(pixels.shape, dtype=np.uint8)
-        lut = np.clip((codes - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
-        return apply_lut(lut, pixels.astype(np.uint16, copy=False))
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return _sixteen_bit_to_gray(image)
     if image.mode in ("I", "F"):
         return scale_to_uint8(np.asarray(image, dtype=np.float32))
     if image.mode != "L":
@@ -169,6 +165,23 @@ def pil_to_gray(image: Image.Image) -> np.ndarray:
                 "unsupported_type", f"cannot convert a {image.mode} image to grayscale: {err}"
             ) from err
     return np.asarray(image, dtype=np.uint8)
+
+
+def _sixteen_bit_to_gray(image: Image.Image) -> np.ndarray:
+    """A 16-bit Pillow image scaled from its own min..max through one table, a band of rows at a
+    time: no full-size copy beside Pillow's own."""
+    low, high = image.getextrema()
+    width, height = image.size
+    out = np.zeros((height, width), dtype=np.uint8)
+    if high <= low:
+        return out
+    codes = np.arange(65_536, dtype=np.float32)
+    lut = np.clip((codes - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    band = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, band):
+        rows = np.asarray(image.crop((0, top, width, min(height, top + band))))
+        out[top : top + len(rows)] = apply_lut(lut, rows.astype(np.uint16, copy=False))
+    return out
 
 
 def _check_pixel_count(width: int, height: int) -> None:

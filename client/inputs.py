@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from client.contract import MAX_FILE_BYTES
 from client.dicom_read import PIXEL_ATTRIBUTES
 from client.imaging import (
     ImageDecodeError,
     as_gray,
+    check_file_size,
     decode_image,
     dicom_identity,
     dicom_to_gray,
@@ -79,7 +81,8 @@ def describe(value: Input, index: int) -> Prepared:
 
 
 def read_file(path: Path) -> bytes:
-    """A regular file's bytes; anything else (folder, pipe, missing) is a specific error."""
+    """A regular file's bytes; anything else (folder, pipe, missing, above
+    :data:`client.contract.MAX_FILE_BYTES`) is a specific error."""
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
@@ -88,7 +91,11 @@ def read_file(path: Path) -> bytes:
             raise ImageDecodeError("not_a_file", f"{path} is not a regular file")
         if not os.access(path, os.R_OK):
             raise ImageDecodeError("unreadable", f"{path}: permission denied")
-        return path.read_bytes()
+        check_file_size(info.st_size)  # before reading: never a multi-GB read to refuse it
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat()
+        check_file_size(len(data))
+        return data
     except FileNotFoundError as err:
         raise ImageDecodeError("not_found", f"{path}: no such file") from err
     except OSError as err:

@@ -111,7 +111,7 @@ def encode(ds: Dataset, syntax: str) -> bytes:
     elif how == "pillow":
         ds = _jpeg_baseline(ds)
     elif how == "dcmtk":
-        return _dcmtk_jpeg(ds, "--encode-lossless-sv1" if uid.endswith(".70") else "-e14")
+        return _dcmtk_jpeg(ds, "+e1" if uid.endswith(".70") else "+el")
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
