@@ -34,6 +34,7 @@ from client.imaging import (
     read_dicom,
     to_model_input,
 )
+from client.metadata_strip import strip_jpeg, strip_png
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -109,12 +110,14 @@ def local_model_input(value: Input, prepared: Prepared, size: int) -> np.ndarray
 
 
 def server_payload(value: Input, prepared: Prepared) -> bytes:
-    """Encoded bytes for the server's ``preprocess``: PNG/JPEG as they are, DICOM with its
-    pixel attributes only, in-memory images as PNG."""
+    """Encoded bytes for the server's ``preprocess``, pixels only: PNG/JPEG without metadata
+    (text chunks, EXIF, comments), DICOM with its pixel attributes only, in-memory images as
+    PNG."""
     if prepared.data is not None:
-        if image_kind(prepared.data) == "dicom":
+        kind = image_kind(prepared.data)
+        if kind == "dicom":
             return pixel_only_dicom(read_dicom(prepared.data))
-        return prepared.data
+        return strip_png(prepared.data) if kind == "png" else strip_jpeg(prepared.data)
     if is_dataset(value):
         return pixel_only_dicom(value)
     buffer = io.BytesIO()
