@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SYNTAXES: dict[str, tuple[str, str]] = {
     "explicit": ("1.2.840.10008.1.2.1", "native"),
     "implicit": ("1.2.840.10008.1.2", "native"),
+    "deflated": ("1.2.840.10008.1.2.1.99", "native"),
     "rle": ("1.2.840.10008.1.2.5", "pydicom"),
     "jpeg-ls": ("1.2.840.10008.1.2.4.80", "pydicom"),
     "j2k": ("1.2.840.10008.1.2.4.90", "pydicom"),
