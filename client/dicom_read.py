@@ -88,20 +88,22 @@ def read_bounded(data: bytes) -> Dataset:
     """
     import pydicom
     from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.tag import Tag
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+    wanted = [Tag(keyword) for keyword in _READ_ATTRIBUTES]
     stream = _CountingReader(data)
     read_preamble(stream, True)
     meta = _read_file_meta_info(stream)
     if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         body = _inflate(data[stream.tell() :])
-        ds = read_dataset(_CountingReader(body), False, True, specific_tags=list(_READ_ATTRIBUTES))
+        ds = read_dataset(_CountingReader(body), False, True, specific_tags=wanted)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the inflated bytes are
         ds.file_meta = meta
         ds.set_original_encoding(False, True)
     else:
         stream.seek(0)
-        ds = pydicom.dcmread(stream, force=True, specific_tags=list(_READ_ATTRIBUTES))
+        ds = pydicom.dcmread(stream, force=True, specific_tags=wanted)
     _check_attribute_sizes(ds)
     return ds
 
