@@ -75,11 +75,16 @@ def grayscale_lut(
     low, high = float(shown.min()), float(shown.max())
     if not np.isfinite(low) or not np.isfinite(high):
         raise ImageDecodeError("corrupt", "image contains non-finite values")
-    if high <= low:
-        lut = np.zeros(len(values), dtype=np.uint8)
-    else:  # the same float32 arithmetic as imaging.scale_to_uint8, on 65,536 values at most
-        lut = np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    lut = stretch(values, low, high)
     return 255 - lut if invert else lut
+
+
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low..high`` of float32 ``values`` linearly onto 0..255, rounded (all zeros when
+    ``high <= low``): the one scaling of a value range to display grey levels."""
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.clip((values - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _present(

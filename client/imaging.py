@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from client.codestream import frame_size
 from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
 from client.decode_errors import DECODE_CODES, ImageDecodeError, dicom_errors, why
-from client.dicom_lut import apply_lut, grayscale_lut, palette_lut, rgb_to_gray
+from client.dicom_lut import apply_lut, grayscale_lut, palette_lut, rgb_to_gray, stretch
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -176,8 +176,7 @@ def _sixteen_bit_to_gray(image: Image.Image) -> np.ndarray:
     out = np.zeros((height, width), dtype=np.uint8)
     if high <= low:
         return out
-    codes = np.arange(65_536, dtype=np.float32)
-    lut = np.clip((codes - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    lut = stretch(np.arange(65_536, dtype=np.float32), low, high)
     band = max(1, _BAND_PIXELS // width)
     for top in range(0, height, band):
         rows = np.asarray(image.crop((0, top, width, min(height, top + band))))
@@ -429,10 +428,7 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     low, high = float(np.min(values)), float(np.max(values))
     if not np.isfinite(low) or not np.isfinite(high):
         raise ImageDecodeError("corrupt", "image contains non-finite values")
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+    return stretch(values, low, high)
 
 
 def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bombs import BOMBS
 
 from client import contract
 from client.imaging import ImageDecodeError
 from client.inputs import describe
 from server.decode_corpus import encode, radiograph_dataset, synthetic_pixels
-
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)  # tests/ holds the shared bombs helper (no __init__ files)
-
-from bombs import BOMBS  # noqa: E402
 
 HANG_S = 20.0  # 10x the 2 s the issue allows: a hang detector, not a speed assertion
 EXTRA_MB = 64

@@ -6,11 +6,11 @@ MONOCHROME1); colour is scaled alike in every format; only pixels go to the serv
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_inputs import dicom_bytes
 from PIL import Image, PngImagePlugin
 
 from client.imaging import decode_image, load_model_input
@@ -23,12 +23,6 @@ from server.decode_corpus import (
     reference_model_input,
     synthetic_pixels,
 )
-
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)  # tests/ holds the shared fuzz_inputs helper (no __init__ files)
-
-from fuzz_inputs import dicom_bytes  # noqa: E402
 
 SIZES = (224, 64)
 #: syntax -> (rows, columns, bits, photometric): full-size, every combination seen at least once
