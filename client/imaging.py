@@ -352,7 +352,8 @@ def _native_frame(
 ) -> np.ndarray | None:
     """An uncompressed 8- or 16-bit greyscale frame as a view of Pixel Data (stored integers,
     unused high bits left for the lookup table), or None for everything pydicom should decode."""
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None or syntax.is_encapsulated or samples != 1 or bits_allocated not in (8, 16):
         return None
     if any(keyword not in ds for keyword in _NATIVE_REQUIRED):
@@ -380,7 +381,8 @@ def _check_codestream(ds: Dataset, rows: int, columns: int, samples: int) -> Non
     from pydicom.encaps import generate_fragments, parse_basic_offsets
     from pydicom.uid import RLELossless
 
-    syntax = ds.file_meta.get("TransferSyntaxUID")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None or not syntax.is_encapsulated or syntax == RLELossless:
         return  # RLE: pydicom sizes its output from Rows and Columns
     stream = io.BytesIO(ds.PixelData)
