@@ -88,8 +88,10 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense)."""
+def decode_image(data: bytes, *, square: bool = False) -> np.ndarray:
+    """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
+    ``square``: greyscale DICOM may return only the centre square that
+    :func:`to_model_input` keeps (the display scaling still uses the whole frame)."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(
@@ -99,7 +101,7 @@ def decode_image(data: bytes) -> np.ndarray:
     check_file_size(len(data))
     kind = image_kind(data)
     if kind == "dicom":
-        return dicom_to_gray(read_dicom(data))
+        return dicom_to_gray(read_dicom(data), square=square)
     return _decode_raster(data, kind)
 
 
@@ -254,8 +256,9 @@ def _check_decodable(ds: Dataset) -> None:
         )
 
 
-def dicom_to_gray(ds: Dataset) -> np.ndarray:
-    """Render a pydicom dataset's single frame as a 2-D uint8 display image."""
+def dicom_to_gray(ds: Dataset, *, square: bool = False) -> np.ndarray:
+    """Render a pydicom dataset's single frame as a 2-D uint8 display image (``square``: see
+    :func:`decode_image`)."""
     errors = dicom_errors()
     if "PixelData" not in ds:
         raise ImageDecodeError("no_pixel_data", "DICOM file has no pixel data (PixelData absent)")
@@ -336,7 +339,7 @@ def dicom_to_gray(ds: Dataset) -> np.ndarray:
         invert=invert,
         lut_sequences="ModalityLUTSequence" in ds or "VOILUTSequence" in ds,
     )
-    return apply_lut(lut, pixels)
+    return apply_lut(lut, centre_square(pixels) if square else pixels)
 
 
 def _extra_frames(count: int, rows: int, columns: int) -> ImageDecodeError:
@@ -441,10 +444,8 @@ def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
         raise ImageDecodeError(
             "bad_shape", f"expected a 2-D grayscale image, got shape {gray.shape}"
         )
-    height, width = gray.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = gray[top : top + side, left : left + side]
+    square = centre_square(gray)
+    side = square.shape[0]
     if side != size:
         image = Image.fromarray(np.ascontiguousarray(square))
         factor = _box_factor(side, size)
@@ -452,6 +453,14 @@ def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
             image = image.reduce(factor)
         square = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(square, dtype=IMAGE_DTYPE)[None, :, :]
+
+
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The centred square on the short side of a 2-D image (a view)."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
 
 
 def _box_factor(side: int, size: int) -> int:
@@ -463,7 +472,7 @@ def _box_factor(side: int, size: int) -> int:
 
 def load_model_input(data: bytes, size: int) -> np.ndarray:
     """Decode encoded bytes and resize: the whole client/server preprocessing in one call."""
-    return to_model_input(decode_image(data), size)
+    return to_model_input(decode_image(data, square=True), size)
 
 
 def is_dataset(value: object) -> bool:

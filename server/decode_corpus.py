@@ -158,16 +158,25 @@ def _dcmtk_jpeg(ds: Dataset, option: str) -> bytes:
         return target.read_bytes()
 
 
-def corpus(
-    syntaxes: list[str], count: int, *, size_range: tuple[int, int] = (2000, 3000), seed: int = 0
-) -> list[Radiograph]:
-    """``count`` radiographs per syntax, alternating 12/16-bit and MONOCHROME2/1, sides drawn
-    from ``size_range``."""
+#: Matrix sizes (rows, columns) of common CR/DX detectors and cassettes, 2000-3000 px.
+DETECTOR_SIZES = (
+    (3000, 2500),
+    (2836, 2336),
+    (2500, 2048),
+    (2688, 2688),
+    (3000, 3000),
+    (2022, 2022),
+)
+
+
+def corpus(syntaxes: list[str], count: int, *, seed: int = 0) -> list[Radiograph]:
+    """``count`` radiographs per syntax, alternating 12/16-bit and MONOCHROME2/1, in turn in
+    each of :data:`DETECTOR_SIZES`."""
     rng = np.random.default_rng(seed)
     images = []
     for syntax in syntaxes:
         for index in range(count):
-            rows, columns = (int(v) for v in rng.integers(*size_range, size=2, endpoint=True))
+            rows, columns = DETECTOR_SIZES[index % len(DETECTOR_SIZES)]
             bits = 12 if index % 2 == 0 else 16
             photometric = "MONOCHROME2" if index % 4 < 2 else "MONOCHROME1"
             pixels = synthetic_pixels(rows, columns, bits, seed=int(rng.integers(1 << 31)))
