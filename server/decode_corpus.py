@@ -189,12 +189,16 @@ def corpus(syntaxes: list[str], count: int, *, seed: int = 0) -> list[Radiograph
 
 def reference_model_input(data: bytes, size: int) -> np.ndarray:
     """The straightforward decode: pydicom ``pixel_array``, modality and VOI LUT in float64,
-    min..max to uint8, MONOCHROME1 inverted, centre crop, Pillow antialiased bilinear resize."""
+    min..max to uint8, MONOCHROME1 inverted, centre crop, Pillow antialiased bilinear resize.
+    Codecs are those the project's path uses, so the two differ only in what follows them."""
     import pydicom
     from PIL import Image
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from client.imaging import prefer_fast_codecs
+
     ds = pydicom.dcmread(io.BytesIO(data))
+    prefer_fast_codecs(ds)
     values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
     values = np.asarray(values, dtype=np.float32)
     low, high = float(values.min()), float(values.max())
