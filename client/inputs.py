@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from client.contract import MAX_FILE_BYTES
+from client.decode_errors import dicom_errors, why
 from client.dicom_read import PIXEL_ATTRIBUTES
 from client.imaging import (
     ImageDecodeError,
@@ -133,9 +134,12 @@ def pixel_only_dicom(ds: Dataset) -> bytes:
     if "PixelData" not in ds:
         dicom_to_gray(ds)  # raises the precise error (no pixel data)
     clean = Dataset()
-    for keyword in PIXEL_ATTRIBUTES:
-        if keyword in ds:
-            clean[keyword] = ds[keyword]
+    try:
+        for keyword in PIXEL_ATTRIBUTES:
+            if keyword in ds:
+                clean[keyword] = ds[keyword]
+    except dicom_errors() as err:  # values are parsed here first: an unknown VR, a bad length
+        raise ImageDecodeError("corrupt", f"invalid DICOM pixel attribute: {why(err)}") from err
     meta = FileMetaDataset()
     source_meta = getattr(ds, "file_meta", None)
     syntax = getattr(source_meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian

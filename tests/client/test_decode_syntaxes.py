@@ -209,3 +209,17 @@ def test_jpeg_comments_and_exif_do_not_reach_the_server(
     assert patient["PatientName"].encode() not in sent
     assert patient["PatientID"].encode() not in sent
     assert np.array_equal(decode_image(sent), decode_image(original))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the junk
+def test_server_payload_of_malformed_files_is_a_clear_error_or_bytes() -> None:
+    from fuzz_inputs import malformed_inputs
+
+    from client.imaging import ImageDecodeError
+
+    for name, data in malformed_inputs(7, 600):
+        try:
+            sent = server_payload(None, Prepared(name, data))
+        except ImageDecodeError:
+            continue
+        assert isinstance(sent, bytes) and sent, name
