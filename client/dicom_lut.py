@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 #: Most segments a segmented palette may hold or reference (a real one has a few dozen).
 MAX_PALETTE_SEGMENTS = 65_536
-#: Pixels looked up per band in :func:`apply_lut`.
-_BAND_PIXELS = 160_000
+#: Pixels converted per band where a full-size intermediate copy is avoided (:func:`apply_lut`,
+#: 16-bit Pillow images): small enough to stay in cache.
+BAND_PIXELS = 160_000
 
 
 def as_codes(pixels: np.ndarray) -> np.ndarray:
@@ -112,7 +113,7 @@ def apply_lut(lut: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     if codes.ndim != 2:
         return np.take(lut, codes)
     out = np.empty(codes.shape, dtype=np.uint8)
-    band = max(1, _BAND_PIXELS // max(1, codes.shape[1]))
+    band = max(1, BAND_PIXELS // max(1, codes.shape[1]))
     index = np.empty((band, codes.shape[1]), dtype=np.intp)
     for top in range(0, codes.shape[0], band):
         rows = codes[top : top + band]

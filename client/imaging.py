@@ -45,7 +45,14 @@ from PIL import Image, UnidentifiedImageError
 from client.codestream import frame_size
 from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
 from client.decode_errors import DECODE_CODES, ImageDecodeError, dicom_errors, why
-from client.dicom_lut import apply_lut, grayscale_lut, palette_lut, rgb_to_gray, stretch
+from client.dicom_lut import (
+    BAND_PIXELS,
+    apply_lut,
+    grayscale_lut,
+    palette_lut,
+    rgb_to_gray,
+    stretch,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -63,8 +70,6 @@ __all__ = ["DECODE_CODES", "ImageDecodeError"]
 REDUCING_GAP = 5
 #: Bytes of an encapsulated frame searched for its codestream header (SOF / SIZ).
 _HEADER_BYTES = 65_536
-#: Pixels converted per band where a full-size intermediate copy is avoided.
-_BAND_PIXELS = 1 << 20
 #: Attributes an uncompressed frame needs before it is read here rather than by pydicom.
 _NATIVE_REQUIRED = (
     "BitsAllocated",
@@ -179,7 +184,7 @@ def _sixteen_bit_to_gray(image: Image.Image) -> np.ndarray:
     if high <= low:
         return out
     lut = stretch(np.arange(65_536, dtype=np.float32), low, high)
-    band = max(1, _BAND_PIXELS // width)
+    band = max(1, BAND_PIXELS // width)
     for top in range(0, height, band):
         rows = np.asarray(image.crop((0, top, width, min(height, top + band))))
         out[top : top + len(rows)] = apply_lut(lut, rows.astype(np.uint16, copy=False))
