@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from client.codestream import frame_size
 from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
-from client.decode_errors import DECODE_CODES, ImageDecodeError, dicom_errors, why
+from client.decode_errors import ImageDecodeError, dicom_errors, why
 from client.dicom_lut import (
     BAND_PIXELS,
     apply_lut,
@@ -61,8 +61,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
-
-__all__ = ["DECODE_CODES", "ImageDecodeError"]
 
 #: The box reduction leaves the image at least this many times the target size, so the final
 #: antialiased resize matches a direct one within one grey level (measured on the shared samples
