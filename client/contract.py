@@ -74,4 +74,7 @@ GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
 # --- Image handling --------------------------------------------------------------------------
 #: Decompression-bomb guard: refuse images above this many pixels (a 6k x 6k radiograph is 36 MP).
 MAX_PIXELS = 80_000_000
+#: Largest encoded input accepted (checked before it is read): an uncompressed 16-bit image at
+#: the pixel limit plus room for its header. Sizes the largest legitimate request.
+MAX_FILE_BYTES = 2 * MAX_PIXELS + 16 * 2**20
 DEFAULT_IMAGE_SIZE = 224

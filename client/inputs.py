@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from client.contract import MAX_FILE_BYTES
+from client.decode_errors import dicom_errors, why
+from client.dicom_read import PIXEL_ATTRIBUTES
 from client.imaging import (
     ImageDecodeError,
     as_gray,
+    check_file_size,
     decode_image,
     dicom_identity,
     dicom_to_gray,
@@ -31,40 +35,10 @@ from client.imaging import (
     read_dicom,
     to_model_input,
 )
+from client.metadata_strip import strip_jpeg, strip_png
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-
-#: DICOM attributes that describe pixels and nothing else: all a decoder needs.
-PIXEL_ATTRIBUTES = (
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "RescaleType",
-    "WindowCenter",
-    "WindowWidth",
-    "VOILUTFunction",
-    "VOILUTSequence",
-    "ModalityLUTSequence",
-    "RedPaletteColorLookupTableDescriptor",
-    "GreenPaletteColorLookupTableDescriptor",
-    "BluePaletteColorLookupTableDescriptor",
-    "RedPaletteColorLookupTableData",
-    "GreenPaletteColorLookupTableData",
-    "BluePaletteColorLookupTableData",
-    "ExtendedOffsetTable",
-    "ExtendedOffsetTableLengths",
-    "PixelData",
-)
 
 Input = str | Path | bytes | np.ndarray | Image.Image | Any  # Any: a pydicom Dataset
 
@@ -109,7 +83,8 @@ def describe(value: Input, index: int) -> Prepared:
 
 
 def read_file(path: Path) -> bytes:
-    """A regular file's bytes; anything else (folder, pipe, missing) is a specific error."""
+    """A regular file's bytes; anything else (folder, pipe, missing, above
+    :data:`client.contract.MAX_FILE_BYTES`) is a specific error."""
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
@@ -118,7 +93,11 @@ def read_file(path: Path) -> bytes:
             raise ImageDecodeError("not_a_file", f"{path} is not a regular file")
         if not os.access(path, os.R_OK):
             raise ImageDecodeError("unreadable", f"{path}: permission denied")
-        return path.read_bytes()
+        check_file_size(info.st_size)  # before reading: never a multi-GB read to refuse it
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat()
+        check_file_size(len(data))
+        return data
     except FileNotFoundError as err:
         raise ImageDecodeError("not_found", f"{path}: no such file") from err
     except OSError as err:
@@ -132,12 +111,14 @@ def local_model_input(value: Input, prepared: Prepared, size: int) -> np.ndarray
 
 
 def server_payload(value: Input, prepared: Prepared) -> bytes:
-    """Encoded bytes for the server's ``preprocess``: PNG/JPEG as they are, DICOM with its
-    pixel attributes only, in-memory images as PNG."""
+    """Encoded bytes for the server's ``preprocess``, pixels only: PNG/JPEG without metadata
+    (text chunks, EXIF, comments), DICOM with its pixel attributes only, in-memory images as
+    PNG."""
     if prepared.data is not None:
-        if image_kind(prepared.data) == "dicom":
+        kind = image_kind(prepared.data)
+        if kind == "dicom":
             return pixel_only_dicom(read_dicom(prepared.data))
-        return prepared.data
+        return strip_png(prepared.data) if kind == "png" else strip_jpeg(prepared.data)
     if is_dataset(value):
         return pixel_only_dicom(value)
     buffer = io.BytesIO()
@@ -153,9 +134,12 @@ def pixel_only_dicom(ds: Dataset) -> bytes:
     if "PixelData" not in ds:
         dicom_to_gray(ds)  # raises the precise error (no pixel data)
     clean = Dataset()
-    for keyword in PIXEL_ATTRIBUTES:
-        if keyword in ds:
-            clean[keyword] = ds[keyword]
+    try:
+        for keyword in PIXEL_ATTRIBUTES:
+            if keyword in ds:
+                clean[keyword] = ds[keyword]
+    except dicom_errors() as err:  # values are parsed here first: an unknown VR, a bad length
+        raise ImageDecodeError("corrupt", f"invalid DICOM pixel attribute: {why(err)}") from err
     meta = FileMetaDataset()
     source_meta = getattr(ds, "file_meta", None)
     syntax = getattr(source_meta, "TransferSyntaxUID", None) or ExplicitVRLittleEndian

@@ -1,6 +1,7 @@
 """``cxr bench serve``, registered on the ``cxr bench`` app of :mod:`convert.bench_cli`.
 
-Importing this module gives ``bench_app`` with every benchmark command (``onnx`` and ``serve``).
+Importing this module gives ``bench_app`` with every benchmark command (``onnx``, ``serve`` and
+``decode``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 
 from convert.bench_cli import bench_app, console, print_rows
+from server import bench_decode  # noqa: F401  (registers ``cxr bench decode``)
 
 __all__ = ["bench_app"]
 

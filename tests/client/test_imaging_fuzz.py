@@ -52,6 +52,10 @@ CODES = {
     "no_pixel_data",
     "multi_frame",
     "unsupported_transfer_syntax",
+    "frame_mismatch",
+    "bad_palette",
+    "inflate_too_large",
+    "too_many_elements",
 }
 PER_CALL_S = 2.0  # the bound asserted for each call
 BACKSTOP_S = 10.0  # SIGALRM interrupts a call stuck in Python code this long

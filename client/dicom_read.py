@@ -1,0 +1,140 @@
+"""Reading DICOM bytes with every expansion bounded before it happens.
+
+pydicom reads whatever a file declares: a deflated dataset is inflated whole, every data element
+becomes a Python object, a sequence of a million items is parsed eagerly. Here only the pixel
+attributes are kept (the rest is skipped, not parsed), the number of data elements read is
+capped, a deflated dataset is inflated to at most :data:`MAX_INFLATED_BYTES`, and every kept
+attribute except Pixel Data is at most :data:`MAX_ATTRIBUTE_BYTES` long.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import TYPE_CHECKING
+
+from client.decode_errors import ImageDecodeError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+#: DICOM attributes that describe pixels and nothing else: all a decoder needs, and all that is
+#: read from a file (plus the SOP Instance UID, for a non-identifying handle).
+PIXEL_ATTRIBUTES = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+    "ModalityLUTSequence",
+    "RedPaletteColorLookupTableDescriptor",
+    "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor",
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData",
+    "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "PixelData",
+)
+_READ_ATTRIBUTES = (*PIXEL_ATTRIBUTES, "SOPInstanceUID")
+
+#: Reads of the parser (about one per data element) before a file is refused: real radiographs
+#: have a few hundred to a few thousand elements; 600,000 tiny ones cost pydicom >200 MB.
+MAX_ELEMENT_READS = 100_000
+#: Largest inflated Deflated Explicit VR Little Endian dataset (a 4000x5000 16-bit image is 40 MB).
+MAX_INFLATED_BYTES = 48 * 2**20
+#: Largest kept attribute other than Pixel Data (a 65,536-entry 16-bit LUT is 128 KiB).
+MAX_ATTRIBUTE_BYTES = 2**20
+_PIXEL_DATA_TAG = 0x7FE00010
+
+
+class _CountingReader(io.BytesIO):
+    """A byte stream that refuses to serve more than :data:`MAX_ELEMENT_READS` reads."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_ELEMENT_READS:
+            raise ImageDecodeError(
+                "too_many_elements",
+                f"DICOM file has more than {MAX_ELEMENT_READS:,} data elements "
+                "(refused as a possible parser bomb)",
+            )
+        return super().read(size)
+
+
+def read_bounded(data: bytes) -> Dataset:
+    """Parse DICOM bytes into a dataset of the pixel attributes only, every cost bounded.
+
+    Raises :class:`ImageDecodeError` (``too_many_elements``, ``inflate_too_large``,
+    ``too_large``) for bombs; pydicom's own exceptions for malformed files.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.tag import Tag
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    wanted = [Tag(keyword) for keyword in _READ_ATTRIBUTES]
+    stream = _CountingReader(data)
+    read_preamble(stream, True)
+    meta = _read_file_meta_info(stream)
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        body = _inflate(data[stream.tell() :])
+        ds = read_dataset(_CountingReader(body), False, True, specific_tags=wanted)
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the inflated bytes are
+        ds.file_meta = meta
+        ds.set_original_encoding(False, True)
+    else:
+        stream.seek(0)
+        ds = pydicom.dcmread(stream, force=True, specific_tags=wanted)
+    _check_attribute_sizes(ds)
+    return ds
+
+
+def _inflate(compressed: bytes) -> bytes:
+    """Inflate a deflated dataset of at most :data:`MAX_INFLATED_BYTES`: a first pass counts
+    the inflated size a megabyte at a time, keeping nothing, so a bomb costs no memory."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, tail = 0, compressed
+    try:
+        while chunk := inflater.decompress(tail, 2**20):
+            total += len(chunk)
+            tail = inflater.unconsumed_tail
+            if total > MAX_INFLATED_BYTES:
+                raise ImageDecodeError(
+                    "inflate_too_large",
+                    f"deflated DICOM dataset inflates to more than "
+                    f"{MAX_INFLATED_BYTES // 2**20} MiB (refused as a possible decompression bomb)",
+                )
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(compressed, total)
+    except zlib.error as err:
+        raise ImageDecodeError("corrupt", f"corrupt deflated DICOM dataset: {err}") from err
+
+
+def _check_attribute_sizes(ds: Dataset) -> None:
+    for element in ds.elements():
+        value = element.value
+        sized = element.tag != _PIXEL_DATA_TAG and isinstance(value, bytes | bytearray)
+        if sized and len(value) > MAX_ATTRIBUTE_BYTES:
+            raise ImageDecodeError(
+                "too_large",
+                f"DICOM attribute {element.tag} is {len(value):,} bytes long, above the "
+                f"limit of {MAX_ATTRIBUTE_BYTES:,} for a pixel attribute",
+            )
