@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 
 from client import contract
 from server.backend.siblings import PREFIX as LOCK_PREFIX
+from server.private import RUNTIME_DIR_ENV
 from server.repository import ONNX_FILE, VERSION
 from server.triton import SHM_PREFIX, free_port
 
@@ -211,8 +211,18 @@ def test_serve_reports_models_serves_tls_and_stops_cleanly(
     assert stubs, session_processes(server_pid)
     regions = {arg for cmd in stubs.values() for arg in cmd if arg.startswith(SHM_PREFIX)}
     assert regions and all((Path("/dev/shm") / r).exists() for r in regions)
-    # Instances that pick their threads by whether their siblings run keep lock files.
-    locks = list(Path(tempfile.gettempdir()).glob(f"{LOCK_PREFIX}{server_pid}-*"))
+    # Instances that pick their threads by whether their siblings run keep lock files, in the
+    # server's private folder (mode 0700, a name no other user could predict).
+    runtime = {
+        Path(line.split(b"=", 1)[1].decode())
+        for pid in stubs
+        for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if line.startswith(RUNTIME_DIR_ENV.encode() + b"=")
+    }
+    assert len(runtime) == 1, runtime
+    (folder,) = runtime
+    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.geteuid()
+    locks = list(folder.glob(f"{LOCK_PREFIX}{server_pid}-*"))
     assert locks or len(os.sched_getaffinity(0)) == 1
 
     process.send_signal(signal.SIGTERM)
