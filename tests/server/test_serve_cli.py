@@ -311,3 +311,84 @@ def test_serve_refuses_when_no_model_loads(
     assert done.exit_code == 2, done.output
     assert f"no model of {repo} loaded" in done.output
     assert "model.onnx is missing (run `cxr convert`)" in done.output
+
+
+#: The issue's bound: no tritonserver (nor stub) may outlive a killed ``cxr serve`` by more.
+ORPHAN_DEADLINE_S = 5
+
+
+def test_a_killed_serve_leaves_no_server_and_the_ports_serve_again(cpu_repo: Path) -> None:
+    ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
+    process = subprocess.Popen(
+        cxr_serve("--repo", str(cpu_repo), *ports),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        text = output.wait_for("Ctrl-C to stop.", process, START_DEADLINE_S)
+        server_pid = int(re.search(r"\(pid (\d+)\)", text).group(1))
+        assert session_processes(server_pid)
+        process.kill()  # SIGKILL: cxr serve gets no chance to stop anything
+        process.wait(STOP_DEADLINE_S)
+        deadline = time.monotonic() + ORPHAN_DEADLINE_S
+        while session_processes(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert session_processes(server_pid) == {}, "tritonserver or stubs outlived cxr serve"
+    finally:
+        stop_for_sure(process)
+    again = subprocess.Popen(
+        cxr_serve("--repo", str(cpu_repo), *ports),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = Output(again)
+    try:
+        output.wait_for("Ctrl-C to stop.", again, START_DEADLINE_S)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(STOP_DEADLINE_S) == 0, output.text
+    finally:
+        stop_for_sure(again)
+
+
+def test_a_start_names_a_stale_server_of_ours(
+    serve_app: typer.Typer, cpu_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tritonserver whose cxr serve is gone (recorded in the run-time folder) holding the port:
+    the refusal names it and says how to stop it, instead of a bare "port in use"."""
+    from server.triton import PidFile
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    dead_parent = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_parent.wait()
+    port = free_port()
+    holder = "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+    holder += "s.listen(); print('ready', flush=True); sys.stdin.read()"
+    # A process that is a tritonserver by its name and holds the gRPC port, as a stale one would.
+    stale = subprocess.Popen(
+        ["bash", "-c", f'exec -a tritonserver {sys.executable} -c "{holder}" {port}'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stale.stdout is not None and stale.stdout.readline() == "ready\n"
+        record = PidFile(PidFile.for_port(port), stale.pid, dead_parent.pid, str(cpu_repo), [port])
+        record.write()
+        done = CliRunner().invoke(serve_app, ["--repo", str(cpu_repo), "--grpc-port", str(port)])
+        assert done.exit_code == 2, done.output
+        assert f"held by a tritonserver an earlier cxr serve left running (pid {stale.pid}" in (
+            done.output
+        )
+        assert f"kill {stale.pid}" in done.output
+    finally:
+        stale.kill()
+        stale.wait()
+    # Once it is gone, its record is dropped.
+    from server.triton import stale_servers
+
+    assert stale_servers() == [] and not record.path.exists()
