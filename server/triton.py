@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import ipaddress
 import json
 import os
 import secrets
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from client.network import is_loopback
 from server.private import RUNTIME_DIR_ENV, user_runtime_dir
 from server.repository import CONFIG_FILE, read_config
 
@@ -86,16 +86,6 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (``localhost`` included)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def check_exposure(config: ServerConfig) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -160,9 +161,10 @@ def test_resume_keeps_successes_and_redoes_the_rest(
     triton, run_cli, xray_pngs: list[Path], tmp_path: Path, fmt: str
 ) -> None:
     out = tmp_path / f"out.{fmt}"
-    inputs = list(map(str, xray_pngs))
+    files = list(map(str, xray_pngs))
+    inputs = [os.path.relpath(path, tmp_path) for path in files]  # the rows' sources
     first = run_cli(
-        "predict", *inputs[:3], "--url", triton.grpc_url, "--format", fmt, "--out", str(out)
+        "predict", *files[:3], "--url", triton.grpc_url, "--format", fmt, "--out", str(out)
     )
     assert first.returncode == 0, first.stderr
     before = {row["source"]: row for row in parse(out.read_text(), fmt)}
@@ -183,7 +185,7 @@ def test_resume_keeps_successes_and_redoes_the_rest(
         writer.writerows(rows)
         out.write_text(buffer.getvalue() + inputs[3] + ",True,PNEU")
     done = run_cli(
-        "predict", *inputs, "--url", triton.grpc_url, "--format", fmt, "--out", str(out), "--resume"
+        "predict", *files, "--url", triton.grpc_url, "--format", fmt, "--out", str(out), "--resume"
     )
     assert done.returncode == 0, done.stderr
     assert "2 already done" in done.stderr
