@@ -150,6 +150,7 @@ def predict_command(
         claim_output,
         content_digest,
         read_rows,
+        release_output,
         resume_plan,
     )
 
@@ -235,8 +236,8 @@ def predict_command(
         _summary(console, len(inputs), len(inputs) - len(todo), len(todo), failures, out, elapsed)
         raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
     finally:
-        if lock is not None:
-            os.close(lock)
+        if out is not None and lock is not None:
+            release_output(out, lock)
 
 
 def _close_quietly(writer: RowWriter | None, order: list[str]) -> None:

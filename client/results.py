@@ -13,7 +13,9 @@ row, an error row or changed content, whose new row replaces the old one.
 
 Ownership of ``--out``: :func:`claim_output` resolves a symlink to its target, refuses a file that
 holds rows unless the run resumes or overwrites it, and takes an exclusive lock (``flock`` on
-``.NAME.lock`` beside it) for the whole run, so two runs never write the same file.
+``.NAME.lock`` beside it) for the whole run, so two runs never write the same file;
+:func:`release_output` removes the lock file while still holding it (a run that locked a removed
+lock file sees that it is no longer the one at the path and stops).
 """
 
 from __future__ import annotations
@@ -85,14 +87,23 @@ def claim_output(path: Path, resume: bool, overwrite: bool) -> tuple[Path, int]:
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # released and removed meanwhile
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
         os.close(fd)
         raise OutputError(f"--out {path} is being written by another run (lock {lock})") from None
     holds_rows = target.exists() and target.stat().st_size > 0
     if holds_rows and not (resume or overwrite):
-        os.close(fd)
+        release_output(target, fd)
         raise OutputError(f"--out {path} already holds results: --resume or --overwrite")
     return target, fd
+
+
+def release_output(path: Path, lock: int) -> None:
+    """Remove the lock file of ``--out`` (``path`` as :func:`claim_output` returned it) and
+    release the lock ``lock``."""
+    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
+    os.close(lock)
 
 
 def content_digest(path: Path) -> str | None:

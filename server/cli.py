@@ -177,6 +177,8 @@ def serve_command(
 
 def _report(server: Any) -> None:
     """Print every model's state and the endpoints."""
+    from client.network import is_loopback
+
     config = server.config
     for name, reason in (server.plan.skipped if server.plan else {}).items():
         console.print(f"[yellow]skipped[/yellow] {name}: {escape(reason)}", highlight=False)
@@ -188,6 +190,17 @@ def _report(server: Any) -> None:
             "[yellow]warning:[/yellow] the models above that are not READY failed to load; "
             "the others serve, but /v2/health/ready stays false (strict readiness) until "
             "they are fixed (`cxr repo check`) or removed",
+            highlight=False,
+        )
+    missing = [
+        what
+        for what, given in (("TLS", config.tls), ("an admin key", config.admin_key))
+        if not given
+    ]
+    if missing and not is_loopback(config.host):  # only reached with --insecure
+        console.print(
+            f"[yellow]warning:[/yellow] --insecure: {escape(config.host)} is served without "
+            f"{' and '.join(missing)}",
             highlight=False,
         )
     tls = config.tls

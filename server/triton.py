@@ -390,8 +390,11 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> TritonServer:
         """Start the server and wait until it is live and every model has loaded or failed.
 
-        Raises :class:`ServerError` when a port is taken, the repository has nothing to serve, or
-        no model loaded (with each model's reason); models that fail leave the others serving.
+        Raises :class:`ServerError` when the configuration would expose the server, a port is
+        taken (naming a stale server of ours that holds it), the repository has nothing to serve,
+        or no model loaded (with each model's reason); models that fail leave the others serving.
+        The server gets SIGKILL when the thread that started it ends: start it from a thread
+        that outlives it (the main thread).
         """
         c = self.config
         check_exposure(c)

@@ -81,7 +81,7 @@ def test_exit_code_zero_when_all_succeed_with_every_option(
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # rows went to --out
     rows = parse(out.read_text(), "csv")
-    assert sorted(r["source"] for r in rows) == sorted(str(folder / p.name) for p in xray_pngs)
+    assert sorted(r["source"] for r in rows) == sorted(f"../in/{p.name}" for p in xray_pngs)
     assert {r["model"] for r in rows} == {"pneumonia"} and all(map(is_ok, rows))
 
 
@@ -115,7 +115,9 @@ def test_bad_files_each_get_their_reason(
         "--format", "jsonl", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    rows = {row["source"]: row for row in parse(out.read_text(), "jsonl")}
+    rows = {
+        os.path.normpath(tmp_path / row["source"]): row for row in parse(out.read_text(), "jsonl")
+    }
     assert len(rows) == len(bad_inputs) + 1
     for path, code in bad_inputs.items():
         assert rows[str(path)]["error_code"] == code, rows[str(path)]

@@ -118,8 +118,11 @@ def test_the_lock_is_released_when_a_run_ends(triton, run_cli, images, tmp_path)
     out = tmp_path / "rows.jsonl"
     args = ["predict", str(images[0]), "--url", triton.grpc_url, "--format", "jsonl"]
     assert run_cli(*args, "--out", str(out)).returncode == 0
-    with open(tmp_path / ".rows.jsonl.lock", "rb") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    lock_path = tmp_path / ".rows.jsonl.lock"
+    assert not lock_path.exists()  # removed at the end
+    assert run_cli(*args, "--out", str(out), "--resume").returncode == 0  # free again
+    with open(lock_path, "a") as lock:  # as a run in progress holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held = run_cli(*args, "--out", str(out), "--resume")
     assert held.returncode == 2 and "being written by another run" in held.stderr
 

@@ -179,3 +179,23 @@ def test_private_folders_refuse_what_another_could_have_planted(tmp_path: Path) 
     os.chown(foreign, 12345, 12345)
     with pytest.raises(UnsafeFolderError, match="belongs to uid 12345"):
         private_folder(foreign)
+
+
+def test_sibling_locks_live_in_the_servers_private_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.backend.siblings import Siblings
+    from server.private import RUNTIME_DIR_ENV
+
+    private = tmp_path / "server"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(private))
+    instance = Siblings.of_instance("m", "1", "m_0_0", 2)
+    assert instance.folder.parent == private
+    instance.close()
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    planted.chmod(0o777)  # as another user could have made it
+    monkeypatch.setenv(RUNTIME_DIR_ENV, str(planted))
+    with pytest.raises(UnsafeFolderError, match="open to other users"):
+        Siblings.of_instance("m", "1", "m_0_0", 2)
