@@ -68,6 +68,14 @@ class Output:
         return self.text
 
 
+def start_serve(*args: str) -> tuple[subprocess.Popen, Output]:
+    """``cxr serve ARGS...`` started as a subprocess, and its stderr being collected."""
+    process = subprocess.Popen(
+        cxr_serve(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    return process, Output(process)
+
+
 def session_processes(sid: int) -> dict[int, list[str]]:
     """pid -> command line of every live process in session ``sid`` (zombies, dead and
     waiting for init to reap them, hold nothing and are left out)."""
@@ -235,13 +243,7 @@ def test_serve_reports_models_serves_tls_and_stops_cleanly(
 
 def test_a_signal_while_starting_stops_everything(cpu_repo: Path) -> None:
     ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
-    process = subprocess.Popen(
-        cxr_serve("--repo", str(cpu_repo), *ports),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    output = Output(process)
+    process, output = start_serve("--repo", str(cpu_repo), *ports)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
         while not (servers := children(process.pid)):  # tritonserver started: models loading
@@ -319,13 +321,7 @@ ORPHAN_DEADLINE_S = 5
 
 def test_a_killed_serve_leaves_no_server_and_the_ports_serve_again(cpu_repo: Path) -> None:
     ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
-    process = subprocess.Popen(
-        cxr_serve("--repo", str(cpu_repo), *ports),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    output = Output(process)
+    process, output = start_serve("--repo", str(cpu_repo), *ports)
     try:
         text = output.wait_for("Ctrl-C to stop.", process, START_DEADLINE_S)
         server_pid = int(re.search(r"\(pid (\d+)\)", text).group(1))
@@ -338,13 +334,7 @@ def test_a_killed_serve_leaves_no_server_and_the_ports_serve_again(cpu_repo: Pat
         assert session_processes(server_pid) == {}, "tritonserver or stubs outlived cxr serve"
     finally:
         stop_for_sure(process)
-    again = subprocess.Popen(
-        cxr_serve("--repo", str(cpu_repo), *ports),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    output = Output(again)
+    again, output = start_serve("--repo", str(cpu_repo), *ports)
     try:
         output.wait_for("Ctrl-C to stop.", again, START_DEADLINE_S)
         again.send_signal(signal.SIGTERM)
