@@ -1,7 +1,8 @@
 """``cxr client predict|health|models``.
 
 Exit codes: 0 every input succeeded, 1 some inputs failed (each has its error row), 2 usage or
-connection errors (nothing was sent).
+connection errors (nothing was sent), ``--out`` held by another run, or an I/O error writing it
+(the rows written so far are kept).
 """
 
 from __future__ import annotations
