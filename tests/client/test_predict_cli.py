@@ -288,3 +288,10 @@ def test_inputs_from_files_folders_and_globs(tmp_path: Path) -> None:
         str(tmp_path / "missing.png"),  # kept: its row will say not_found
         str(tmp_path / "nothing*.png"),
     ]
+
+
+@pytest.mark.parametrize("url", ["10.1.2.3:8001", "triage.example.org:8001"])
+def test_models_never_sends_the_admin_key_in_clear(run_cli, url: str) -> None:
+    done = run_cli("models", "--url", url, "--admin-key", "secret-key", "--timeout", "1")
+    assert done.returncode == 2
+    assert "needs --ssl: the key is never sent in clear" in done.stderr
