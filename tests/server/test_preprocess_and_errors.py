@@ -92,3 +92,37 @@ def contract_codes() -> set[str]:
     from client.imaging import DECODE_CODES
 
     return {*DECODE_CODES, "decode_failed"}
+
+
+def test_a_stat_study_overtakes_routine_decoding(served: Any) -> None:
+    """40 routine files of slow decoding queue up in ``preprocess``; a STAT file sent after
+    them is decoded in the next batch, not after them (priority levels in preprocess)."""
+    from fuzz_inputs import png_bytes
+
+    big = png_bytes(np.random.default_rng(5).integers(0, 256, (1500, 1500), dtype=np.uint8))
+    routine_count = 40
+
+    async def run() -> tuple[list[float], float]:
+        async with aioclient.InferenceServerClient(served.grpc_url) as client:
+
+            async def one(priority: int) -> float:
+                tensor = aioclient.InferInput(contract.IMAGE_BYTES, [1, 1], "BYTES")
+                tensor.set_data_from_numpy(np.array([[big]], dtype=np.object_))
+                await client.infer(
+                    contract.ENSEMBLE_MODEL, [tensor], priority=priority, client_timeout=120
+                )
+                return asyncio.get_running_loop().time()
+
+            routine = [
+                asyncio.ensure_future(one(contract.PRIORITY_ROUTINE)) for _ in range(routine_count)
+            ]
+            await asyncio.sleep(0.15)  # the routine files are queued (or being decoded)
+            stat = await one(contract.PRIORITY_STAT)
+            return list(await asyncio.gather(*routine)), stat
+
+    routine_done, stat_done = asyncio.run(run())
+    after = sum(done > stat_done for done in routine_done)
+    # Two instances take a batch each; the STAT file joins the next one, so at least the two
+    # batches of the max batch size still queued finish after it.
+    max_batch = read_config(served.config.repo / contract.PREPROCESS_MODEL / CONFIG_FILE)
+    assert after >= 2 * max_batch.max_batch_size, (after, routine_count)
