@@ -160,14 +160,14 @@ class AsyncTriageClient(ClientBase):
     ) -> Result:
         """Send one input, decoded in a thread (or by ``preparing``, already started); never
         raises: a failure is a Failure."""
-        source = fallback_source(value, index)
+        source, digest = fallback_source(value, index), ""
         try:
             if preparing is None:
                 preparing = self._decode(value, index, info)
             request = await preparing
             if not isinstance(request, PreparedRequest):
                 return request
-            source = request.source
+            source, digest = request.source, request.sha256
             started = time.monotonic()
             reply = await self._retrying(
                 timeout or self.connection.timeout,
@@ -182,9 +182,9 @@ class AsyncTriageClient(ClientBase):
             )
             return finish(request, reply, info, started)
         except TriageError as err:
-            return Failure(source, err.code, err.message)
+            return Failure(source, err.code, err.message, digest)
         except Exception as err:  # a bug must not lose the input's row
-            return Failure(source, "client_error", f"{type(err).__name__}: {err}")
+            return Failure(source, "client_error", f"{type(err).__name__}: {err}", digest)
 
     async def _retrying(self, timeout: float, call: Callable[[float], Awaitable[T]]) -> T:
         from tritonclient.utils import InferenceServerException

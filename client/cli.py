@@ -1,11 +1,13 @@
 """``cxr client predict|health|models``.
 
 Exit codes: 0 every input succeeded, 1 some inputs failed (each has its error row), 2 usage or
-connection errors (nothing was sent).
+connection errors (nothing was sent), ``--out`` held by another run, or an I/O error writing it
+(the rows written so far are kept).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -117,7 +119,13 @@ def predict_command(
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
     resume: Annotated[
-        bool, typer.Option(help="Keep the successes already in --out; redo errors and the rest.")
+        bool,
+        typer.Option(
+            help="Keep the successes already in --out for unchanged inputs; redo the rest."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an --out that already holds results.")
     ] = False,
     server_preprocess: Annotated[
         bool, typer.Option(help="Send files to the ensemble (server decodes).")
@@ -128,10 +136,24 @@ def predict_command(
     client_key: ClientKeyOption = None,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Triage images: one row per input, a result or a specific error."""
+    """Triage images: one row per input, a result or a specific error.
+
+    With --out, each row's source is the input's path relative to the folder of --out, and
+    carries the SHA-256 of the bytes that were triaged.
+    """
     import asyncio
 
-    from client.results import FORMATS, ResumeError, RowWriter, read_rows, resume_plan
+    from client.results import (
+        FORMATS,
+        OutputError,
+        ResumeError,
+        RowWriter,
+        claim_output,
+        content_digest,
+        read_rows,
+        release_output,
+        resume_plan,
+    )
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -143,55 +165,87 @@ def predict_command(
         raise fail("--timeout must be positive")
     if resume and (out is None or fmt == "table"):
         raise fail("--resume needs --out with --format jsonl, csv or json")
-    if out is not None and out.is_dir():
-        raise fail(f"--out {out} is a folder; name a file")
+    if resume and overwrite:
+        raise fail("--resume and --overwrite exclude each other")
     tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
-    inputs = expand_inputs(paths, exclude=(out,) if out else ())
-    if not inputs:
-        raise fail(f"no input files in {' '.join(paths)}")
+    lock = None
+    if out is not None:
+        try:  # held until this process ends: no second run writes the same file
+            out, lock = claim_output(out, resume, overwrite)
+        except (OutputError, OSError) as err:
+            raise fail(str(err)) from err
     try:
-        kept, todo = resume_plan(read_rows(out, fmt) if resume and out else [], inputs)
-    except ResumeError as err:
-        raise fail(f"cannot --resume: {err}") from err
+        inputs = expand_inputs(paths, exclude=(out,) if out else ())
+        if not inputs:
+            raise fail(f"no input files in {' '.join(paths)}")
+        base = out.parent if out else None
+        # Rows name inputs relative to the folder of --out: the same file is the same row from
+        # any working directory.
+        named = {(os.path.relpath(os.path.abspath(p), base) if base else p): p for p in inputs}
+        try:
+            rows = read_rows(out, fmt) if resume and out else []
+            digests = {name: content_digest(Path(p)) if rows else None for name, p in named.items()}
+            kept, todo = resume_plan(rows, digests)
+        except ResumeError as err:
+            raise fail(f"cannot --resume: {err}") from err
 
-    console = _stderr()
-    _log_to(console)
-    failures: Counter[str] = Counter()
-    writer: RowWriter | None = None
-    elapsed: list[float] = []
+        console = _stderr()
+        _log_to(console)
+        failures: Counter[str] = Counter()
+        writer: RowWriter | None = None
+        elapsed: list[float] = []
 
-    async def run() -> None:
-        nonlocal writer
-        from client.async_client import AsyncTriageClient
-        from client.protocol import TriageError
+        async def run() -> None:
+            nonlocal writer
+            from client.async_client import AsyncTriageClient
+            from client.protocol import TriageError
 
-        options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
-        async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
-            try:
-                await triage.model_info()
-            except TriageError as err:
-                raise fail(f"cannot use {url}: {err}") from err
-            writer = RowWriter(fmt, out, kept)  # only now: a failed start leaves --out as it was
-            started = time.monotonic()
-            with _progress(console, len(todo)) as progress:
-                task = progress.add_task("triage", total=len(todo), failed=0)
-                async for _, result in triage.predict_stream(todo, concurrency=concurrency):
-                    writer.write(result)
-                    if not result.ok:
-                        failures[result.code] += 1
-                    progress.update(task, advance=1, failed=failures.total())
-            elapsed.append(time.monotonic() - started)
+            options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
+            async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
+                try:
+                    await triage.model_info()
+                except TriageError as err:
+                    raise fail(f"cannot use {url}: {err}") from err
+                # Only now: a failed start leaves --out as it was.
+                writer = RowWriter(fmt, out, kept)
+                started = time.monotonic()
+                files = [named[name] for name in todo]
+                with _progress(console, len(todo)) as progress:
+                    task = progress.add_task("triage", total=len(todo), failed=0)
+                    async for i, result in triage.predict_stream(files, concurrency=concurrency):
+                        writer.write(result, source=todo[i])
+                        if not result.ok:
+                            failures[result.code] += 1
+                        progress.update(task, advance=1, failed=failures.total())
+                elapsed.append(time.monotonic() - started)
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        console.print("interrupted: every finished row is kept; --resume continues the run")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        try:
+            asyncio.run(run())
+            if writer is not None:
+                writer.close(order=list(named))
+        except KeyboardInterrupt:
+            _close_quietly(writer, list(named))
+            console.print("interrupted: every finished row is kept; --resume continues the run")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as err:  # disk full, I/O error: the rows written so far stay
+            _close_quietly(writer, list(named))
+            where = err.filename or out or "the output"
+            raise fail(
+                f"cannot write {where}: {err.strerror or err}; the finished rows are kept, "
+                "--resume continues the run"
+            ) from None
+        _summary(console, len(inputs), len(inputs) - len(todo), len(todo), failures, out, elapsed)
+        raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
     finally:
-        if writer is not None:
-            writer.close(order=inputs)
-    _summary(console, len(inputs), len(inputs) - len(todo), len(todo), failures, out, elapsed)
-    raise typer.Exit(EXIT_SOME_FAILED if failures else EXIT_OK)
+        if out is not None and lock is not None:
+            release_output(out, lock)
+
+
+def _close_quietly(writer: RowWriter | None, order: list[str]) -> None:
+    """Close ``writer`` after an interruption or an I/O error, ignoring a second I/O error."""
+    if writer is not None:
+        with contextlib.suppress(OSError):
+            writer.close(order=order)
 
 
 def _progress(console: Console, total: int):
@@ -305,6 +359,7 @@ def models_command(
     """
     import json
 
+    from client.network import is_loopback, url_host
     from client.protocol import TriageError
     from client.requests import admin_headers
     from client.sync_client import TriageClient
@@ -312,6 +367,8 @@ def models_command(
     if fmt not in ("table", "json"):
         raise fail(f"--format must be table or json, not {fmt!r}")
     tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
+    if admin_key and not ssl and not is_loopback(url_host(url)):
+        raise fail(f"--admin-key to {url} needs --ssl: the key is never sent in clear")
     with TriageClient(url, timeout=timeout, headers=admin_headers(admin_key), **tls) as triage:
         try:
             models, note = _list_models(triage, admin_key)

@@ -74,7 +74,14 @@ GRPC_ADMIN_HEADER = "triton-grpc-protocol-admin-key"
 # --- Image handling --------------------------------------------------------------------------
 #: Decompression-bomb guard: refuse images above this many pixels (a 6k x 6k radiograph is 36 MP).
 MAX_PIXELS = 80_000_000
-#: Largest encoded input accepted (checked before it is read): an uncompressed 16-bit image at
-#: the pixel limit plus room for its header. Sizes the largest legitimate request.
+#: The largest input file a client reads or sends (checked before it is read): an uncompressed
+#: 16-bit image at MAX_PIXELS plus room for the DICOM header.
 MAX_FILE_BYTES = 2 * MAX_PIXELS + 16 * 2**20
+
+# --- gRPC message sizes ----------------------------------------------------------------------
+#: The largest legitimate request: one file sent for server-side decoding (``IMAGE_BYTES``) plus
+#: the request's framing, names and parameters. Clients refuse to send more.
+MAX_REQUEST_BYTES = MAX_FILE_BYTES + 2**20
+#: The largest legitimate response a client accepts (probabilities, configs, model lists).
+MAX_RESPONSE_BYTES = 16 * 2**20
 DEFAULT_IMAGE_SIZE = 224

@@ -43,6 +43,8 @@ class Prediction:
     model: str
     version: str
     latency_ms: float
+    #: SHA-256 of the input's bytes (files and bytes; empty for in-memory images).
+    sha256: str = ""
     ok: bool = field(default=True, init=False)
 
     def as_row(self) -> dict[str, Any]:
@@ -57,6 +59,8 @@ class Failure:
     source: str
     code: str
     message: str
+    #: SHA-256 of the input's bytes when they could be read.
+    sha256: str = ""
     ok: bool = field(default=False, init=False)
 
     def as_row(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -37,13 +38,26 @@ class Connection:
     headers: dict[str, str] | None = None
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of tritonclient's gRPC ``InferenceServerClient``."""
+        """Keyword arguments of tritonclient's gRPC ``InferenceServerClient``: message sizes
+        capped at the largest legitimate request and response (tritonclient's default is 2 GB),
+        tritonclient's keep-alive defaults otherwise."""
+        from tritonclient.grpc import KeepAliveOptions
+
+        keepalive = KeepAliveOptions()
         return {
             "url": self.url,
             "ssl": self.ssl,
             "root_certificates": self.root_certificates,
             "private_key": self.private_key,
             "certificate_chain": self.certificate_chain,
+            "channel_args": [
+                ("grpc.max_send_message_length", contract.MAX_REQUEST_BYTES),
+                ("grpc.max_receive_message_length", contract.MAX_RESPONSE_BYTES),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ],
         }
 
 
@@ -60,6 +74,8 @@ class PreparedRequest:
     model: str
     inputs: list[Any]
     outputs: list[Any]
+    #: SHA-256 of the bytes read for this request: the result is bound to this content.
+    sha256: str = ""
 
 
 def priority_level(priority: str) -> int:
@@ -79,10 +95,12 @@ def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Fail
     """
     import tritonclient.grpc as grpcclient
 
-    source = fallback_source(value, index)
+    source, digest = fallback_source(value, index), ""
     try:
         prepared = describe(value, index)
         source = prepared.source
+        if prepared.data is not None:
+            digest = hashlib.sha256(prepared.data).hexdigest()
         if info.server_preprocess:
             payload = np.array([[server_payload(value, prepared)]], dtype=np.object_)
             tensor = grpcclient.InferInput(
@@ -95,11 +113,11 @@ def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Fail
             )
         tensor.set_data_from_numpy(payload)
     except ImageDecodeError as err:
-        return Failure(source, err.code, str(err))
+        return Failure(source, err.code, str(err), digest)
     except Exception as err:
-        return Failure(source, "decode_failed", f"{type(err).__name__}: {err}")
+        return Failure(source, "decode_failed", f"{type(err).__name__}: {err}", digest)
     outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]
-    return PreparedRequest(source, info.name, [tensor], outputs)
+    return PreparedRequest(source, info.name, [tensor], outputs, digest)
 
 
 def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float) -> Result:
@@ -109,7 +127,9 @@ def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float
         raise TriageError("bad_response", f"response has no single {contract.PROBS} row")
     latency = (time.monotonic() - started) * 1000
     version = str(reply.get_response().model_version)
-    return to_prediction(request.source, probs[0], info, version, latency)
+    prediction = to_prediction(request.source, probs[0], info, version, latency)
+    prediction.sha256 = request.sha256
+    return prediction
 
 
 def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict, ModelInfo]:

@@ -7,13 +7,22 @@ row. ``fsync`` runs at most once per :data:`SYNC_EVERY` seconds and at the end: 
 may lose the last second of rows, which ``--resume`` simply sends again. A file is only ever
 replaced atomically (written aside, synced, renamed), so a kill leaves the old file or the new one.
 
-Resume reads the rows back (a torn last line is ignored), keeps each input's success, and sends
-again the inputs with no row or an error row, whose new row replaces the old one.
+Resume reads the rows back (a torn last line is ignored), keeps each input's success only while
+the input's content is the same (its SHA-256 is in the row), and sends again the inputs with no
+row, an error row or changed content, whose new row replaces the old one.
+
+Ownership of ``--out``: :func:`claim_output` resolves a symlink to its target, refuses a file that
+holds rows unless the run resumes or overwrites it, and takes an exclusive lock (``flock`` on
+``.NAME.lock`` beside it) for the whole run, so two runs never write the same file;
+:func:`release_output` removes the lock file while still holding it (a run that locked a removed
+lock file sees that it is no longer the one at the path and stops).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -32,6 +41,7 @@ FORMATS = ("table", "json", "jsonl", "csv")
 RESUMABLE = ("json", "jsonl", "csv")
 COLUMNS = (
     "source",
+    "sha256",
     "ok",
     "label",
     "pneumonia_probability",
@@ -54,6 +64,55 @@ Row = dict[str, Any]
 
 class ResumeError(ValueError):
     """An existing output file that is not a result file of the format asked for."""
+
+
+class OutputError(ValueError):
+    """``--out`` cannot be used as asked (held by another run, holds rows, not a file)."""
+
+
+def claim_output(path: Path, resume: bool, overwrite: bool) -> tuple[Path, int]:
+    """The file to write for ``--out path`` (a symlink resolved to its target) and the descriptor
+    of its exclusive lock, held until the process closes it or ends.
+
+    Raises :class:`OutputError` when another run holds the lock, when the target is not a regular
+    file, or when it already holds rows and neither ``resume`` nor ``overwrite`` is given.
+    """
+    target = path.resolve()
+    if target.is_dir():
+        raise OutputError(f"--out {path} is a folder; name a file")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"--out {path} is not a regular file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # released and removed meanwhile
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        raise OutputError(f"--out {path} is being written by another run (lock {lock})") from None
+    holds_rows = target.exists() and target.stat().st_size > 0
+    if holds_rows and not (resume or overwrite):
+        release_output(target, fd)
+        raise OutputError(f"--out {path} already holds results: --resume or --overwrite")
+    return target, fd
+
+
+def release_output(path: Path, lock: int) -> None:
+    """Remove the lock file of ``--out`` (``path`` as :func:`claim_output` returned it) and
+    release the lock ``lock``."""
+    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
+    os.close(lock)
+
+
+def content_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def to_row(result: Result) -> Row:
@@ -141,16 +200,21 @@ def _read_csv(path: Path) -> list[Row]:
     return [row for row in reader if row.get("source") and None not in row.values()]
 
 
-def resume_plan(rows: Iterable[Row], inputs: list[str]) -> tuple[list[Row], list[str]]:
-    """Rows to keep and inputs to send: every input with a success keeps it (once); inputs with
-    an error row or none are sent again. Rows of inputs not in ``inputs`` are kept as they are."""
+def resume_plan(rows: Iterable[Row], inputs: dict[str, str | None]) -> tuple[list[Row], list[str]]:
+    """Rows to keep and inputs to send, for ``inputs`` mapping each input to the SHA-256 of its
+    content now (None: unreadable). An input keeps its success (once) while the row's digest is
+    its digest now; inputs with changed content, an error row or none are sent again, and their
+    old rows dropped. Rows of inputs not in ``inputs`` are kept as they are."""
     latest: dict[str, Row] = {}
     for row in rows:
         source = str(row["source"])
         if row_ok(row) or not row_ok(latest.get(source, {})):
             latest[source] = row
-    wanted = set(inputs)
-    keep = [row for source, row in latest.items() if row_ok(row) or source not in wanted]
+    keep = [
+        row
+        for source, row in latest.items()
+        if source not in inputs or (row_ok(row) and row.get("sha256") == inputs[source])
+    ]
     done = {str(row["source"]) for row in keep}
     return keep, [source for source in inputs if source not in done]
 
@@ -206,9 +270,12 @@ class RowWriter:
         else:
             self._stream.write(json.dumps(row) + "\n")
 
-    def write(self, result: Result) -> None:
-        """Record one result; streamed and flushed at once for jsonl/csv (and json's journal)."""
+    def write(self, result: Result, source: str | None = None) -> None:
+        """Record one result (under ``source`` when given); streamed and flushed at once for
+        jsonl/csv (and json's journal)."""
         row = to_row(result)
+        if source is not None:
+            row["source"] = source
         if self.fmt in ("table", "json"):  # written at the end; streams keep nothing in memory
             self.rows.append(row)
         if self._stream is None:

@@ -90,7 +90,7 @@ class TriageClient(ClientBase):
             )
             return finish(request, reply, info, started)
         except TriageError as err:
-            return Failure(request.source, err.code, err.message)
+            return Failure(request.source, err.code, err.message, request.sha256)
 
     def _retrying(self, timeout: float, call: Callable[[float], T]) -> T:
         from tritonclient.utils import InferenceServerException

@@ -293,7 +293,7 @@ def bench_serve(
                     for level in (concurrency, 1):  # the server idles while in-process runs
                         row = inprocess(onnx_path, level, seconds, spin)
                         inproc_rows.append({"repeat": repeat, **row})
-                        before = _counts(server.grpc_url, model)
+                        before = _counts(server.grpc_url, model, server.admin_headers)
                         load = closed_loop(
                             server.grpc_url,
                             model,
@@ -303,7 +303,9 @@ def bench_serve(
                             clients if level > 1 else 1,
                             server.process.pid,  # its own session: tritonserver and stubs
                         )
-                        images, runs = np.subtract(_counts(server.grpc_url, model), before)
+                        images, runs = np.subtract(
+                            _counts(server.grpc_url, model, server.admin_headers), before
+                        )
                         served_rows.append(
                             {
                                 "repeat": repeat,
@@ -328,12 +330,15 @@ def bench_serve(
     }
 
 
-def _counts(url: str, model: str) -> tuple[int, int]:
-    """Images inferred and model executions so far (Triton's statistics, warm-up included)."""
+def _counts(url: str, model: str, headers: dict[str, str]) -> tuple[int, int]:
+    """Images inferred and model executions so far (Triton's statistics, warm-up included; an
+    admin call, sent with ``headers``)."""
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        stats = client.get_inference_statistics(model, headers=headers, as_json=True)[
+            "model_stats"
+        ][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 

@@ -105,6 +105,29 @@ def serve_command(
     tls_ca: Annotated[
         Path | None, typer.Option(help="CA of client certificates: mutual TLS.")
     ] = None,
+    open_admin: Annotated[
+        bool,
+        typer.Option(
+            "--open-admin",
+            help="Open the admin protocols without a key (loopback only; for development).",
+        ),
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Serve on a non-loopback --host without TLS and an admin key."
+        ),
+    ] = False,
+    model_control: Annotated[
+        str,
+        typer.Option(
+            help="none: models loaded at start, load/unload refused; explicit: the admin key "
+            "may load and unload models.",
+        ),
+    ] = "none",
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the Prometheus metrics (no authentication).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the embedded Triton server until Ctrl-C or SIGTERM."""
     from server.triton import TLS, ServerConfig, ServerError, TritonServer
@@ -117,9 +140,20 @@ def serve_command(
         if path is not None and not path.is_file():
             raise fail(f"{path}: no such file")
     tls = TLS(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None
-    server = TritonServer(
-        ServerConfig(repo, host, grpc_port, http_port, metrics_port, admin_key, tls)
+    config = ServerConfig(
+        repo,
+        host,
+        grpc_port,
+        http_port,
+        metrics_port,
+        admin_key,
+        tls,
+        open_admin=open_admin,
+        insecure=insecure,
+        model_control=model_control,
+        metrics_host=metrics_host,
     )
+    server = TritonServer(config)
     # A signal while the server starts or serves stops it: never an orphaned tritonserver.
     previous = {s: signal.signal(s, _signalled) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -143,6 +177,8 @@ def serve_command(
 
 def _report(server: Any) -> None:
     """Print every model's state and the endpoints."""
+    from client.network import is_loopback
+
     config = server.config
     for name, reason in (server.plan.skipped if server.plan else {}).items():
         console.print(f"[yellow]skipped[/yellow] {name}: {escape(reason)}", highlight=False)
@@ -156,6 +192,17 @@ def _report(server: Any) -> None:
             "they are fixed (`cxr repo check`) or removed",
             highlight=False,
         )
+    missing = [
+        what
+        for what, given in (("TLS", config.tls), ("an admin key", config.admin_key))
+        if not given
+    ]
+    if missing and not is_loopback(config.host):  # only reached with --insecure
+        console.print(
+            f"[yellow]warning:[/yellow] --insecure: {escape(config.host)} is served without "
+            f"{' and '.join(missing)}",
+            highlight=False,
+        )
     tls = config.tls
     scheme = "grpc" if tls is None else f"grpcs (TLS{', client certificates' if tls.ca else ''})"
     console.print(
@@ -163,10 +210,25 @@ def _report(server: Any) -> None:
         f"  {scheme}: {server.grpc_url}\n"
         f"  http: {server.http_url}{' (loopback only: no TLS on HTTP)' if tls else ''}\n"
         f"  metrics: {server.metrics_url}\n"
-        f"  admin protocols: {'restricted by key' if config.admin_key else 'open'}\n"
+        f"  admin protocols: {_admin_state(config)}\n"
+        f"  models: {_control_state(config)}\n"
         "Ctrl-C to stop.",
         highlight=False,
     )
+
+
+def _admin_state(config: Any) -> str:
+    if config.admin_key:
+        return "restricted by key"
+    if config.open_admin:
+        return "OPEN without a key (--open-admin, loopback)"
+    return "closed (no admin key; --admin-key or --open-admin to use them)"
+
+
+def _control_state(config: Any) -> str:
+    if config.model_control == "explicit":
+        return "loaded at start; the admin key may load and unload (--model-control explicit)"
+    return "loaded at start; load and unload requests are refused"
 
 
 @certs_app.command("dev")

@@ -9,7 +9,6 @@ Scheduling that was tuned in place (``cxr loadtest sweep``) is kept when configs
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +197,12 @@ def _dynamic_batching(config: mc.ModelConfig, scheduling: Scheduling) -> None:
     )
 
 
+#: ``preprocess`` is scheduled like the classifiers (priorities, bounded queues with timeouts,
+#: two instances for the batcher's sake); each instance decodes a batch in a thread pool that it
+#: sizes when it loads, on the serving machine (``server.backend.preprocess``).
+PREPROCESS_SCHEDULING = Scheduling()
+
+
 def preprocess_config(image_size: int, max_batch_size: int) -> mc.ModelConfig:
     """Config of ``preprocess``: encoded bytes in, the classifier's uint8 image out."""
     config = mc.ModelConfig(
@@ -207,8 +212,10 @@ def preprocess_config(image_size: int, max_batch_size: int) -> mc.ModelConfig:
         input=[mc.ModelInput(**_tensor(contract.IMAGE_BYTES, "STRING", [1]))],
         output=[mc.ModelOutput(**_tensor(contract.IMAGE, "UINT8", [1, image_size, image_size]))],
     )
-    config.dynamic_batching.max_queue_delay_microseconds = 0
-    config.instance_group.add(count=os.cpu_count() or 1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _dynamic_batching(config, PREPROCESS_SCHEDULING)
+    config.instance_group.add(
+        count=PREPROCESS_SCHEDULING.instances, kind=mc.ModelInstanceGroup.KIND_CPU
+    )
     _parameters(config, {contract.PARAM_IMAGE_SIZE: image_size})
     return config
 

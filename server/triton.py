@@ -4,13 +4,23 @@ No PyTriton Python API: the model repository stays the single source of truth. T
 the binary, assembles the Python backend for the running interpreter, sets the environment the
 stub needs, starts the server on loopback, waits until it is live, reports every model's state,
 and stops it with no stub process or shared-memory region left behind.
+
+Closed by default: the admin protocols are restricted by the admin key, or without one by a
+random key that only this process knows (it reads the model states with it), unless
+``open_admin`` opens them on loopback; the models are loaded at start (``--model-control-mode
+none``: load and unload requests are refused) unless ``model_control="explicit"``. The server
+dies with the process that started it (the kernel's parent-death signal), and a pid file per gRPC
+port in this user's private run-time folder lets a later start name a stale server of ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +33,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.contract import ADMIN_HEADER
+from client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from client.network import is_loopback
+from server.private import RUNTIME_DIR_ENV, user_runtime_dir
 from server.repository import CONFIG_FILE, read_config
 
 #: Admin protocols closed to callers without the key; inference and health stay open.
@@ -32,6 +44,11 @@ ADMIN_KEY_ENV = "CXR_ADMIN_KEY"
 #: Backends the embedded server has; other models (TensorRT plans) are left out, with a reason.
 EMBEDDED_BACKENDS = {"python"}
 SHM_PREFIX = "triton_python_backend_shm_region"
+#: "none": every model is loaded at start and the load/unload API is refused; "explicit": the
+#: model-repository protocol may load and unload models (for the holders of the admin key).
+MODEL_CONTROL_MODES = ("none", "explicit")
+#: Linux prctl option: the signal a process gets when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
 #: Seconds tritonserver waits for in-flight requests on SIGTERM before it unloads the models.
 EXIT_TIMEOUT_S = 10
 
@@ -60,8 +77,54 @@ class ServerConfig:
     metrics_port: int = 8002
     admin_key: str | None = None
     tls: TLS | None = None
+    #: Admin protocols open without a key (loopback only; for development).
+    open_admin: bool = False
+    #: Serve on a non-loopback address without TLS and an admin key.
+    insecure: bool = False
+    model_control: str = "none"
+    #: Prometheus metrics (no authentication): loopback unless asked.
+    metrics_host: str = "127.0.0.1"
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Raise :class:`ServerError` for a configuration that would expose the server: admin
+    protocols opened beyond loopback, or a network address without TLS and an admin key (unless
+    ``insecure``)."""
+    if config.model_control not in MODEL_CONTROL_MODES:
+        raise ServerError(
+            f"model control {config.model_control!r}: "
+            f"choose one of {', '.join(MODEL_CONTROL_MODES)}"
+        )
+    if config.open_admin and config.admin_key:
+        raise ServerError("--open-admin and an admin key exclude each other")
+    if config.open_admin and not is_loopback(config.host):
+        raise ServerError(
+            f"--open-admin opens the admin protocols on loopback only, not on --host {config.host}"
+        )
+    if config.model_control == "explicit" and not (config.admin_key or config.open_admin):
+        raise ServerError(
+            "--model-control explicit needs an admin key (or --open-admin on loopback): the "
+            "load API is an admin protocol"
+        )
+    if (
+        not is_loopback(config.host)
+        and not (config.tls and config.admin_key)
+        and not config.insecure
+    ):
+        missing = " and ".join(
+            what
+            for what, present in (
+                ("TLS (--tls-cert/--tls-key)", config.tls),
+                ("an admin key (--admin-key or CXR_ADMIN_KEY)", config.admin_key),
+            )
+            if not present
+        )
+        raise ServerError(
+            f"--host {config.host} is not loopback: serving on the network needs {missing}; "
+            "--insecure serves without them"
+        )
 
 
 def pytriton_dir() -> Path:
@@ -95,10 +158,12 @@ def prepare_backends(workdir: Path) -> Path:
     return workdir / "backends"
 
 
-def server_environment() -> dict[str, str]:
+def server_environment(runtime_dir: Path) -> dict[str, str]:
     """Environment for tritonserver and its stubs: this interpreter's libpython first, then the
-    wheel's bundled libraries, and this environment's ``bin`` first on PATH."""
+    wheel's bundled libraries, this environment's ``bin`` first on PATH, and the server's private
+    folder (``runtime_dir``) for the stubs' lock files."""
     env = os.environ.copy()
+    env[RUNTIME_DIR_ENV] = str(runtime_dir)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     bundled = pytriton_dir().parent.parent / "nvidia_pytriton.libs"
     previous = env.get("LD_LIBRARY_PATH", "")
@@ -159,6 +224,70 @@ def plan_models(repo: Path) -> ModelPlan:
     return ModelPlan(load, skipped)
 
 
+#: libc's prctl, resolved before any fork (the child between fork and exec only calls it).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child between fork and exec: ask the kernel for SIGKILL when the parent ends (even
+    by SIGKILL), and end at once if it already has. Only two system calls: safe after a fork."""
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+        os._exit(1)
+
+
+@dataclass
+class PidFile:
+    """The record a running server leaves in this user's run-time folder, one per gRPC port."""
+
+    path: Path
+    pid: int  # tritonserver
+    parent: int  # the process that started it
+    repo: str
+    ports: list[int]
+
+    @classmethod
+    def for_port(cls, port: int) -> Path:
+        """Where the record of the server on gRPC ``port`` lives."""
+        return user_runtime_dir() / f"tritonserver-{port}.json"
+
+    @classmethod
+    def read(cls, path: Path) -> PidFile | None:
+        """The record in ``path``, or None when it is unreadable."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(path, int(data["pid"]), int(data["parent"]), data["repo"], data["ports"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self) -> None:
+        """Write the record (atomically)."""
+        data = {"pid": self.pid, "parent": self.parent, "repo": self.repo, "ports": self.ports}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data))
+        temporary.replace(self.path)
+
+    def server_alive(self) -> bool:
+        """Whether the recorded process still runs and is a tritonserver."""
+        try:
+            argv0 = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            return False
+        return argv0.endswith(b"tritonserver")
+
+
+def stale_servers() -> list[PidFile]:
+    """Servers of ours still running after the process that started them ended (records of
+    servers that are gone are removed)."""
+    stale = []
+    for path in sorted(user_runtime_dir().glob("tritonserver-*.json")):
+        record = PidFile.read(path)
+        if record is None or not record.server_alive():
+            path.unlink(missing_ok=True)
+        elif not Path(f"/proc/{record.parent}").exists():
+            stale.append(record)
+    return stale
+
+
 class TritonServer:
     """A running embedded ``tritonserver``; use as a context manager or call start()/stop()."""
 
@@ -170,6 +299,15 @@ class TritonServer:
         self._shm_before: set[Path] = set()
         self._workdir = tempfile.TemporaryDirectory(prefix="cxr-triton-")
         self.log_path = Path(self._workdir.name) / "tritonserver.log"
+        self._pid_file: Path | None = None
+        # Without a key (and unless opened on purpose) the admin protocols are restricted by a key
+        # that only this object knows: closed to everyone else, readable for the model states.
+        self._admin_key = config.admin_key or (None if config.open_admin else secrets.token_hex(32))
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that open this server's admin protocols (empty when they are open)."""
+        return {GRPC_ADMIN_HEADER: self._admin_key} if self._admin_key else {}
 
     @property
     def grpc_url(self) -> str:
@@ -190,18 +328,27 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         """Prometheus metrics URL."""
-        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+        return f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics"
 
     def command(self) -> list[str]:
         """The tritonserver command line."""
         c = self.config
         assert self.plan is not None
+        workdir = Path(self._workdir.name)
+        if c.model_control == "explicit":
+            repository = c.repo.resolve()
+            control = [
+                "--model-control-mode=explicit",
+                *[f"--load-model={m}" for m in self.plan.load],
+            ]
+        else:  # every model of the view is loaded at start; the load API is refused
+            repository = self._repository_view(workdir / "repository")
+            control = ["--model-control-mode=none"]
         args = [
             str(pytriton_dir() / "bin" / "tritonserver"),
-            f"--model-repository={c.repo.resolve()}",
-            f"--backend-directory={prepare_backends(Path(self._workdir.name))}",
-            "--model-control-mode=explicit",
-            *[f"--load-model={name}" for name in self.plan.load],
+            f"--model-repository={repository}",
+            f"--backend-directory={prepare_backends(workdir)}",
+            *control,
             "--exit-on-error=false",
             "--strict-readiness=true",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
@@ -212,18 +359,14 @@ class TritonServer:
             f"--grpc-port={c.grpc_port}",
             f"--http-address={self.http_host}",
             f"--http-port={c.http_port}",
-            f"--metrics-address={c.host}",
+            f"--metrics-address={c.metrics_host}",
             f"--metrics-port={c.metrics_port}",
             "--metrics-config=summary_latencies=true",
             f"--log-verbose={c.log_verbose}",
         ]
-        if c.admin_key:
-            args.append(
-                f"--grpc-restricted-protocol={RESTRICTED_PROTOCOLS}:{ADMIN_HEADER}={c.admin_key}"
-            )
-            args.append(
-                f"--http-restricted-api={RESTRICTED_PROTOCOLS}:{ADMIN_HEADER}={c.admin_key}"
-            )
+        if self._admin_key:
+            key = f"{RESTRICTED_PROTOCOLS}:{ADMIN_HEADER}={self._admin_key}"
+            args += [f"--grpc-restricted-protocol={key}", f"--http-restricted-api={key}"]
         if c.tls:
             args += [
                 "--grpc-use-ssl=true",
@@ -234,34 +377,69 @@ class TritonServer:
                 args += [f"--grpc-root-cert={c.tls.ca}", "--grpc-use-ssl-mutual=true"]
         return args + c.extra_args
 
+    def _repository_view(self, view: Path) -> Path:
+        """A folder of links to the models of the plan: what ``--model-control-mode=none`` loads."""
+        assert self.plan is not None
+        view.mkdir(exist_ok=True)
+        for name in self.plan.load:
+            link = view / name
+            if not link.is_symlink():
+                link.symlink_to(self.config.repo.resolve() / name, target_is_directory=True)
+        return view
+
     def start(self, timeout: float = 120.0) -> TritonServer:
         """Start the server and wait until it is live and every model has loaded or failed.
 
-        Raises :class:`ServerError` when a port is taken, the repository has nothing to serve, or
-        no model loaded (with each model's reason); models that fail leave the others serving.
+        Raises :class:`ServerError` when the configuration would expose the server, a port is
+        taken (naming a stale server of ours that holds it), the repository has nothing to serve,
+        or no model loaded (with each model's reason); models that fail leave the others serving.
+        The server gets SIGKILL when the thread that started it ends: start it from a thread
+        that outlives it (the main thread).
         """
         c = self.config
+        check_exposure(c)
         self.plan = plan_models(c.repo)
+        ports = {"gRPC": c.grpc_port, "HTTP": c.http_port, "metrics": c.metrics_port}
+        stale = {port: s for s in stale_servers() for port in s.ports}
         for name, host, port in (
             ("gRPC", c.host, c.grpc_port),
             ("HTTP", self.http_host, c.http_port),
-            ("metrics", c.host, c.metrics_port),
+            ("metrics", c.metrics_host, c.metrics_port),
         ):
+            if port in stale:
+                s = stale[port]
+                raise ServerError(
+                    f"{name} port {port} is held by a tritonserver an earlier cxr serve left "
+                    f"running (pid {s.pid}, repository {s.repo}; its cxr serve, pid {s.parent}, "
+                    f"is gone): stop it with `kill {s.pid}`"
+                )
             if port_in_use(host, port):
                 raise ServerError(
                     f"{name} port {host}:{port} is already in use; choose another "
                     f"with --{name.lower()}-port or stop what listens there"
                 )
         self._shm_before = set(_shm_regions())
+        workdir = Path(self._workdir.name)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=server_environment(),
-            start_new_session=True,
+            env=server_environment(workdir),
+            start_new_session=True,  # a Ctrl-C in a terminal reaches cxr serve, which stops it
+            # Two system calls, no lock taken: safe in a threaded parent despite the warning.
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),  # noqa: PLW1509
         )
         log.close()
+        record = PidFile(
+            PidFile.for_port(c.grpc_port),
+            self.process.pid,
+            os.getpid(),
+            str(c.repo.resolve()),
+            sorted(ports.values()),
+        )
+        record.write()
+        self._pid_file = record.path
         deadline = time.monotonic() + timeout
         while not self._live():
             if self.process.poll() is not None:
@@ -293,8 +471,8 @@ class TritonServer:
         request = urllib.request.Request(
             f"{self.http_url}/v2/repository/index", data=b"{}", method="POST"
         )
-        if self.config.admin_key:
-            request.add_header(ADMIN_HEADER, self.config.admin_key)
+        if self._admin_key:
+            request.add_header(ADMIN_HEADER, self._admin_key)
         with urllib.request.urlopen(request, timeout=5) as reply:
             index = json.loads(reply.read())
         loaded = set(self.plan.load) if self.plan else set()
@@ -335,6 +513,9 @@ class TritonServer:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+        if self._pid_file is not None:
+            self._pid_file.unlink(missing_ok=True)
+            self._pid_file = None
         for region in set(_shm_regions()) - self._shm_before:
             if _region_owner_gone(region):
                 with contextlib.suppress(OSError):

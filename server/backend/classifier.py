@@ -94,8 +94,20 @@ class TritonPythonModel:
         shape = [int(config["max_batch_size"]), *(int(d) for d in image["dims"])]
         self.buffer = np.empty(shape, dtype=np.uint8)
         self.outputs = [PROBS]
+        self.name = args["model_name"]
 
     def execute(self, requests: list) -> list:
+        try:
+            return self._run(requests)
+        except Exception as err:  # the client gets a code, the server's log the exception
+            pb_utils.Logger.log_error(f"{self.name}: {type(err).__name__}: {err}")
+            error = pb_utils.TritonError(
+                "inference_failed: the model could not run this batch",
+                pb_utils.TritonError.INTERNAL,
+            )
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+
+    def _run(self, requests: list) -> list:
         arrays = [pb_utils.get_input_tensor_by_name(r, IMAGE).as_numpy() for r in requests]
         if len(arrays) == 1:
             batch = arrays[0]

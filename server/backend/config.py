@@ -28,3 +28,14 @@ def intra_op_threads(param: str, instances: int) -> tuple[int, int]:
         return int(param), int(param)
     cores = len(os.sched_getaffinity(0))
     return cores, max(1, cores // max(1, instances))
+
+
+#: Longest reason a Python-backend model returns to a client.
+MAX_REASON_CHARS = 200
+
+
+def short_reason(message: str) -> str:
+    """The first line of ``message``, at most :data:`MAX_REASON_CHARS` characters: what a client
+    is told (the full text stays in the server's log)."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."

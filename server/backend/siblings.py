@@ -2,20 +2,23 @@
 
 Each instance of a Python-backend model is its own stub process, so an instance cannot see its
 siblings' state in memory. Instead, every instance owns a file in a folder shared by the
-instances of the model (under the temporary directory, keyed by the server's pid, the model and
-its version) and holds an exclusive ``flock`` on it while it runs a batch; a sibling is running
-when a shared lock on its file cannot be taken. Locks die with their process: a crashed stub never
-leaves the others believing it is busy. The cost is four uncontended system calls per batch.
+instances of the model (in the server's private folder, ``server.private.server_runtime_dir``: a
+``mkdtemp`` folder of mode 0700 that ``cxr serve`` creates, so another local user can neither
+predict nor pre-create it; keyed by the server's pid, the model and its version) and holds an
+exclusive ``flock`` on it while it runs a batch; a sibling is running when a shared lock on its
+file cannot be taken. Locks die with their process: a crashed stub never leaves the others
+believing it is busy. The cost is four uncontended system calls per batch.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from server.private import server_runtime_dir
 
 #: Lock folders are named ``PREFIX<server pid>-<model>-<version>``.
 PREFIX = "cxr-instances-"
@@ -34,7 +37,7 @@ class Siblings:
     @classmethod
     def of_instance(cls, model: str, version: str, name: str, instances: int) -> Siblings:
         """The siblings of instance ``name`` of ``model`` in the server that started this stub."""
-        root = Path(tempfile.gettempdir())
+        root = server_runtime_dir()
         remove_stale(root)
         return cls(root / f"{PREFIX}{os.getppid()}-{model}-{version}", name, instances)
 

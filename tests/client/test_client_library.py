@@ -181,7 +181,8 @@ def test_unreachable_server_retries_until_the_deadline(unused_port: int) -> None
 
 
 def test_health_and_metadata(triton) -> None:
-    with TriageClient(triton.grpc_url) as client:
+    # The repository index is an admin call: the server's own key opens it (closed by default).
+    with TriageClient(triton.grpc_url, headers=triton.admin_headers) as client:
         assert client.is_live() and client.is_ready()
         assert client.is_ready(contract.ENSEMBLE_MODEL)
         assert client.server_metadata()["name"] == "triton"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_exit_code_zero_when_all_succeed_with_every_option(
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # rows went to --out
     rows = parse(out.read_text(), "csv")
-    assert sorted(r["source"] for r in rows) == sorted(str(folder / p.name) for p in xray_pngs)
+    assert sorted(r["source"] for r in rows) == sorted(f"../in/{p.name}" for p in xray_pngs)
     assert {r["model"] for r in rows} == {"pneumonia"} and all(map(is_ok, rows))
 
 
@@ -114,7 +115,9 @@ def test_bad_files_each_get_their_reason(
         "--format", "jsonl", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    rows = {row["source"]: row for row in parse(out.read_text(), "jsonl")}
+    rows = {
+        os.path.normpath(tmp_path / row["source"]): row for row in parse(out.read_text(), "jsonl")
+    }
     assert len(rows) == len(bad_inputs) + 1
     for path, code in bad_inputs.items():
         assert rows[str(path)]["error_code"] == code, rows[str(path)]
@@ -160,9 +163,10 @@ def test_resume_keeps_successes_and_redoes_the_rest(
     triton, run_cli, xray_pngs: list[Path], tmp_path: Path, fmt: str
 ) -> None:
     out = tmp_path / f"out.{fmt}"
-    inputs = list(map(str, xray_pngs))
+    files = list(map(str, xray_pngs))
+    inputs = [os.path.relpath(path, tmp_path) for path in files]  # the rows' sources
     first = run_cli(
-        "predict", *inputs[:3], "--url", triton.grpc_url, "--format", fmt, "--out", str(out)
+        "predict", *files[:3], "--url", triton.grpc_url, "--format", fmt, "--out", str(out)
     )
     assert first.returncode == 0, first.stderr
     before = {row["source"]: row for row in parse(out.read_text(), fmt)}
@@ -183,7 +187,7 @@ def test_resume_keeps_successes_and_redoes_the_rest(
         writer.writerows(rows)
         out.write_text(buffer.getvalue() + inputs[3] + ",True,PNEU")
     done = run_cli(
-        "predict", *inputs, "--url", triton.grpc_url, "--format", fmt, "--out", str(out), "--resume"
+        "predict", *files, "--url", triton.grpc_url, "--format", fmt, "--out", str(out), "--resume"
     )
     assert done.returncode == 0, done.stderr
     assert "2 already done" in done.stderr
@@ -284,3 +288,10 @@ def test_inputs_from_files_folders_and_globs(tmp_path: Path) -> None:
         str(tmp_path / "missing.png"),  # kept: its row will say not_found
         str(tmp_path / "nothing*.png"),
     ]
+
+
+@pytest.mark.parametrize("url", ["10.1.2.3:8001", "triage.example.org:8001"])
+def test_models_never_sends_the_admin_key_in_clear(run_cli, url: str) -> None:
+    done = run_cli("models", "--url", url, "--admin-key", "secret-key", "--timeout", "1")
+    assert done.returncode == 2
+    assert "needs --ssl: the key is never sent in clear" in done.stderr
