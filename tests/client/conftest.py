@@ -30,6 +30,10 @@ SOP_INSTANCE_UID = "1.2.826.0.1.3680043.8.498.4711"
 ADMIN_KEY = "test-admin-key-123"
 QUEUE_FULL_MODEL = "pneumonia_qfull"
 QUEUE_TIMEOUT_MODEL = "pneumonia_qtimeout"
+#: A copy of the classifier whose batcher holds a lone request for SLOW_DELAY_US, waiting for a
+#: full batch: no answer can come sooner, however fast the machine.
+SLOW_MODEL = "pneumonia_slow"
+SLOW_DELAY_US = 3_000_000
 
 
 @pytest.fixture(scope="session")
@@ -189,9 +193,9 @@ def admin_key() -> str:
 
 @pytest.fixture(scope="session")
 def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, start_server) -> Any:
-    """A server restricted by :data:`ADMIN_KEY`, with two more copies of the classifier:
-    ``pneumonia_qfull`` (queue of one request) and ``pneumonia_qtimeout`` (20 ms queue timeout,
-    one instance, batch 1)."""
+    """A server restricted by :data:`ADMIN_KEY`, with three more copies of the classifier:
+    ``pneumonia_qfull`` (queue of one request), ``pneumonia_qtimeout`` (20 ms queue timeout,
+    one instance, batch 1) and :data:`SLOW_MODEL`."""
     from client import contract
     from server.repository import CONFIG_FILE, config_text, read_config
 
@@ -199,13 +203,19 @@ def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, star
     shutil.copytree(model_repo, repo)
     ensemble = read_config(repo / contract.ENSEMBLE_MODEL / CONFIG_FILE)
     deployed = ensemble.parameters[contract.PARAM_DEPLOYED_MODEL].string_value
-    for name in (QUEUE_FULL_MODEL, QUEUE_TIMEOUT_MODEL):
+    for name in (QUEUE_FULL_MODEL, QUEUE_TIMEOUT_MODEL, SLOW_MODEL):
         shutil.copytree(repo / deployed, repo / name)
         config = read_config(repo / name / CONFIG_FILE)
         config.name = name
         policy = config.dynamic_batching.default_queue_policy
         if name == QUEUE_FULL_MODEL:
             policy.max_queue_size = 1
+        elif name == SLOW_MODEL:
+            batching = config.dynamic_batching
+            batching.max_queue_delay_microseconds = SLOW_DELAY_US
+            del batching.preferred_batch_size[:]
+            batching.preferred_batch_size.append(config.max_batch_size)
+            policy.default_timeout_microseconds = 0  # no queue timeout: the delay decides
         else:
             # One instance running one image at a time: a burst queues for longer than the 20 ms
             # timeout whatever the machine's load, so timeouts happen on a quiet machine too.
@@ -225,6 +235,12 @@ def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, star
 def queue_models() -> dict[str, str]:
     """Names of :func:`busy_server`'s classifier copies: ``full`` and ``timeout``."""
     return {"full": QUEUE_FULL_MODEL, "timeout": QUEUE_TIMEOUT_MODEL}
+
+
+@pytest.fixture(scope="session")
+def slow_model() -> str:
+    """Name of :func:`busy_server`'s classifier that answers no sooner than ``SLOW_DELAY_US``."""
+    return SLOW_MODEL
 
 
 @pytest.fixture

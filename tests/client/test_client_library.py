@@ -158,10 +158,13 @@ def test_priorities_are_accepted(triton, xray_pngs: list[Path]) -> None:
         assert a.pneumonia_probability == pytest.approx(b.pneumonia_probability, abs=1e-5)
 
 
-def test_a_deadline_too_short_is_deadline_exceeded(triton, xray_pngs: list[Path]) -> None:
-    with TriageClient(triton.grpc_url) as client:
+def test_a_deadline_too_short_is_deadline_exceeded(
+    busy_server, slow_model: str, xray_pngs: list[Path]
+) -> None:
+    # The slow model holds a lone request for 3 s: a 0.3 s deadline expires whatever the speed.
+    with TriageClient(busy_server.grpc_url, model=slow_model) as client:
         client.model_info()
-        (result,) = client.predict(xray_pngs[0], timeout=1e-4)
+        (result,) = client.predict(xray_pngs[0], timeout=0.3)
     assert isinstance(result, Failure) and result.code == "deadline_exceeded", result
 
 
