@@ -9,6 +9,7 @@ digest, so sending the same image twice yields the same report, which PACS store
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ SERIES_DESCRIPTION = f"cxr-triage AI triage - {DISCLAIMER}"
 SERIES_NUMBER = 9901
 #: Private coding scheme for the concept no public scheme names: the model's probability.
 CODING_SCHEME = "99CXRTRIAGE"
-PROBABILITY_CODE = ("pneumonia-probability", CODING_SCHEME, "Pneumonia probability")
+PROBABILITY_CODE = ("PNEUMONIA-PROB", CODING_SCHEME, "Pneumonia probability")
 PNEUMONIA_CODE = ("233604007", "SCT", "Pneumonia")
 CHEST_XRAY_CODE = ("399208008", "SCT", "Plain chest X-ray")
 
@@ -40,10 +41,10 @@ class Algorithm:
 
 
 def derived_uid(*parts: str) -> str:
-    """A ``2.25`` UID determined by ``parts`` (the same parts give the same UID)."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["cxr-triage", *parts]))
+    """A ``2.25`` UID (PS3.5 B.2: a 128-bit number) determined by ``parts``: the same parts
+    give the same UID. (pydicom's ``generate_uid`` ignores its entropy sources under ``2.25``.)"""
+    digest = hashlib.sha256("\0".join(["cxr-triage", *parts]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def report_uids(source_sop_uid: str, digest: str, study_uid: str) -> tuple[str, str]:
