@@ -68,7 +68,8 @@ def gateway(
     if not 0 < len(ae_title.strip()) <= 16:
         raise _fail(f"--ae-title must have 1-16 characters, not {ae_title!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association
+    for chatty in ("pynetdicom", "highdicom"):  # lines per association / per report
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
     def make_client():
         from client.sync_client import TriageClient

@@ -34,6 +34,7 @@ class Gateway:
         workers: int = 2,
     ) -> None:
         self.spool = Spool(spool_dir)
+        self.spool.discard_partial_writes()
         self.results = ResultsLog(results)
         for _key, row in self.spool.unlogged():  # results recorded just before a crash
             self.results.append(row)

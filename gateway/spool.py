@@ -95,8 +95,6 @@ class Spool:
         self.root = Path(root)
         for folder in (INSTANCES, OUTBOX):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
-            for partial in (self.root / folder).glob(".*.tmp"):  # left by a crash mid-write
-                partial.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.root / STATE_FILE, check_same_thread=False, isolation_level=None
@@ -105,6 +103,12 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._claimed: set[str] = set()
+
+    def discard_partial_writes(self) -> None:
+        """Delete files a crash left half-written (call before receiving, never while running)."""
+        for folder in (INSTANCES, OUTBOX):
+            for partial in (self.root / folder).glob(".*.tmp"):
+                partial.unlink(missing_ok=True)
 
     def instance_path(self, key: str) -> Path:
         """Where the received instance ``key`` is stored."""

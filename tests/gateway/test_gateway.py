@@ -141,6 +141,8 @@ def test_orthanc_round_trip_survives_kill_9(
     wait_for(lambda: gateway.counts()["received"] >= 10, "10 instances received")
     gateway.kill()
     killed_at = gateway.counts()
+    print(f"state of the spool at kill -9: {killed_at}")
+    assert killed_at["forwarded"] < 50, killed_at  # killed mid-stream
     wait_for(
         lambda: orthanc.get(f"/jobs/{job['ID']}")["State"] in ("Success", "Failure"),
         "Orthanc's job to end",
