@@ -66,7 +66,8 @@ class Forwarder:
         """Stop (what is not sent stays in the outbox)."""
         self.stop.set()
         self.wakeup.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
 
     def _run(self) -> None:
         backoff, failures = Backoff(initial=0.5, maximum=30.0), 0

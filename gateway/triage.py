@@ -94,7 +94,8 @@ class TriageWorkers:
         self.stop.set()
         self.wakeup.set()
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:  # started
+                thread.join()
 
     def _run(self) -> None:
         client = self.make_client()
