@@ -9,6 +9,7 @@ digest, so sending the same image twice yields the same report, which PACS store
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +29,19 @@ CODING_SCHEME = "99CXRTRIAGE"
 PROBABILITY_CODE = ("PNEUMONIA-PROB", CODING_SCHEME, "Pneumonia probability")
 PNEUMONIA_CODE = ("233604007", "SCT", "Pneumonia")
 CHEST_XRAY_CODE = ("399208008", "SCT", "Plain chest X-ray")
+#: Type 2 attributes (Patient and General Study modules) the report copies from its source:
+#: required present, may be empty. Many modality images omit some; they are added empty.
+COPIED_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 @dataclass
@@ -80,6 +94,10 @@ def build_report(
             model_name=algorithm.name,
         ),
     )
+    source = copy.deepcopy(source)  # the caller's header stays as it was (no pixels: cheap)
+    for keyword in COPIED_TYPE2:
+        if keyword not in source:
+            setattr(source, keyword, None)
     sop_uid = str(source.SOPInstanceUID)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(

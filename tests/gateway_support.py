@@ -185,7 +185,11 @@ class GatewayProcess:
         ]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._answers, f"the gateway to answer C-ECHO on port {self.port}")
+        try:
+            wait_for(self._answers, f"the gateway to answer C-ECHO on port {self.port}")
+        except BaseException:
+            self.kill()
+            raise
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:

@@ -100,3 +100,17 @@ def test_bad_destination_is_refused_with_the_expected_form(text: str) -> None:
 
 def test_destination() -> None:
     assert Destination.parse("PACS@10.0.0.1:104") == Destination("PACS", "10.0.0.1", 104)
+
+
+def test_report_of_a_source_without_optional_patient_and_study_attributes() -> None:
+    pixels = np.zeros((16, 16), np.uint8)
+    header = pydicom.dcmread(io.BytesIO(radiograph_bytes(pixels, CR, "1.2.3.5", "1.2.3")))
+    for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID"):
+        delattr(header, keyword)
+    prediction = Prediction("x", "NORMAL", {}, 0.125, False, 0.5, "pneumonia_fp32", "1", 1.0)
+    report = build_report(header, "d", prediction, Algorithm("m", "1", 0.5, "f"), "CXR_TRIAGE")
+    buffer = io.BytesIO()
+    report.save_as(buffer, enforce_file_format=True)
+    facts = report_facts(buffer.getvalue())
+    assert facts["finding"] == "No" and facts["sources"] == ["1.2.3.5"]
+    assert "PatientBirthDate" not in header  # the source header is not modified
