@@ -107,6 +107,9 @@ def gateway(
     except OSError as err:
         service.close()
         raise _fail(f"cannot listen on {host}:{port}: {err}") from err
+    except ValueError as err:  # e.g. a malformed --url or certificate
+        service.close()
+        raise _fail(str(err)) from err
     typer.echo(
         f"cxr gateway: {ae_title} listening on {host}:{port}, spool {spool}"
         + (f", reports to {destination}" if destination else ""),

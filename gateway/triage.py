@@ -79,14 +79,16 @@ class TriageWorkers:
         self.on_report = on_report
         self.wakeup = threading.Event()
         self.stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"triage-{n}", daemon=True)
-            for n in range(workers)
-        ]
+        self.workers = workers
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Start the workers."""
-        for thread in self._threads:
+        """Start the workers (their clients are made here, so a bad URL fails the start)."""
+        clients = [self.make_client() for _ in range(self.workers)]
+        for n, client in enumerate(clients):
+            thread = threading.Thread(target=self._run, args=(client,), name=f"triage-{n}")
+            thread.daemon = True
+            self._threads.append(thread)
             thread.start()
 
     def close(self) -> None:
@@ -94,11 +96,9 @@ class TriageWorkers:
         self.stop.set()
         self.wakeup.set()
         for thread in self._threads:
-            if thread.ident is not None:  # started
-                thread.join()
+            thread.join()
 
-    def _run(self) -> None:
-        client = self.make_client()
+    def _run(self, client: TriageClient) -> None:
         backoff, failures = Backoff(initial=0.2, maximum=5.0), 0
         algorithm: Algorithm | None = None
         try:
