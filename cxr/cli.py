@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "serve": ("server.cli", "serve_command", "serve", "Run the embedded Triton server."),
     "certs": ("server.cli", "certs_app", "certs", "Throw-away TLS certificates for testing."),
     "client": ("client.cli", "client_app", None, "Predict, health and model listing over gRPC."),
+    "gateway": ("gateway.cli", "gateway_app", "gateway", "DICOM gateway: C-STORE in, SR out."),
     "loadtest": ("loadtest.cli", "loadtest_app", "loadtest", "Locust load tests and sweeps."),
 }
 

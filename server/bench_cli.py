@@ -93,3 +93,48 @@ def serve_command(
         f"(target <= {report['p99_gap_target_ms']} ms); what serving adds at batch 1: "
         f"p50 {report['p50_added_ms']:+.2f} ms, p99 {report['p99_added_ms']:+.2f} ms"
     )
+
+
+@bench_app.command("gateway")
+def gateway_command(
+    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = Path(
+        "model_repository"
+    ),
+    count: Annotated[int, typer.Option("-n", "--count", min=1, help="Radiographs.")] = 200,
+    associations: Annotated[int, typer.Option("-k", min=1, help="Parallel associations.")] = 4,
+    size: Annotated[int, typer.Option(min=64, help="Radiograph side in pixels.")] = 2048,
+    workers: Annotated[int, typer.Option(min=1, help="The gateway's triage threads.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="cxr client predict's.")] = 8,
+    build: Annotated[
+        bool, typer.Option(help="First publish an untrained ResNet-18 224 into REPO.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The DICOM gateway end to end (C-STORE in, SR stored at a local SCP) against
+    ``cxr client predict`` on the same images and server."""
+    try:
+        from loadtest.gateway_bench import bench_gateway
+        from server.bench import build_bench_repo
+    except ImportError as err:
+        console.print(f"[red]error:[/red] needs the gateway extra ({err})", highlight=False)
+        raise typer.Exit(2) from err
+    if build:
+        build_bench_repo(repo, "resnet18", 224)
+    try:
+        report = bench_gateway(repo, count, associations, size, workers, concurrency)
+    except RuntimeError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from err
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(
+        f"{count} radiographs {size}x{size} over {associations} associations: "
+        f"ingest {report['ingest_per_s']:.1f}/s; C-STORE -> SR stored p50 "
+        f"{report['latency_p50_ms']:.0f} ms, p99 {report['latency_p99_ms']:.0f} ms\n"
+        f"gateway end to end {report['gateway_per_s']:.1f} img/s "
+        f"({report['gateway_ms_per_image']:.1f} ms/image) vs cxr client predict "
+        f"--concurrency {concurrency} {report['client_per_s']:.1f} img/s "
+        f"({report['client_ms_per_image']:.1f} ms/image): the gateway adds "
+        f"{report['added_cost']:+.1%} (target <= +10%)"
+    )
