@@ -14,7 +14,6 @@ import signal
 import struct
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +56,6 @@ CODES = {
     "inflate_too_large",
     "too_many_elements",
 }
-PER_CALL_S = 2.0  # the bound asserted for each call
 BACKSTOP_S = 10.0  # SIGALRM interrupts a call stuck in Python code this long
 CORPUS_SEED = 20_240_601
 CORPUS_SIZE = 1500
@@ -98,7 +96,6 @@ def time_bound(seconds: float) -> Iterator[None]:
 
 def check_decode(data: bytes, name: str = "") -> str:
     """Assert the decoder's contract on ``data``; return ``"ok"`` or the error code."""
-    start = time.perf_counter()
     try:
         with time_bound(BACKSTOP_S):
             image = decode_image(data)
@@ -120,8 +117,6 @@ def check_decode(data: bytes, name: str = "") -> str:
         assert image.size > 0 and image.size <= MAX_PIXELS, name
         model_input = to_model_input(image, 32)
         assert model_input.shape == (1, 32, 32) and model_input.dtype == np.uint8
-    elapsed = time.perf_counter() - start
-    assert elapsed < PER_CALL_S, f"{name}: decode took {elapsed:.2f} s"
     if currently_in_test_context():
         event(outcome)  # pytest --hypothesis-show-statistics shows how deep the inputs reach
     return outcome
