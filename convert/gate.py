@@ -105,6 +105,14 @@ def assess(
     return Assessment(results, refusals, worst)
 
 
+def decidable(labels: np.ndarray) -> bool:
+    """Whether a variant that flips nothing could pass on these labels (enough of each class)."""
+    positives = labels != 0
+    return paired.best_case_loss_bound(int(positives.sum())) <= SENSITIVITY_DROP_LIMIT and (
+        paired.best_case_loss_bound(int((~positives).sum())) <= SPECIFICITY_DROP_LIMIT
+    )
+
+
 def adequacy(labels: np.ndarray, fp32: dict[str, np.ndarray], threshold: float) -> list[str]:
     """Why the gate set cannot decide (too few images of a class, saturated): empty when fit."""
     positives = labels != 0

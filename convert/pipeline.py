@@ -159,7 +159,12 @@ def convert_run(
 
     fp32.assessment = gate.assess(gate_set.labels, reference, reference, card.threshold)
     reader = CalibrationReader(calib)
-    variants = [fp32, *_make_variants(fp32.path, work, card, wanted, reader, opts, judge)]
+    decidable = gate.decidable(gate_set.labels)
+    repair = opts.precision_search and decidable
+    variants = [
+        fp32,
+        *_make_variants(fp32.path, work, card, wanted, reader, opts, judge, decidable),
+    ]
     for variant in variants:
         _record(variant)
     _bench_cpu(variants, opts)
@@ -178,7 +183,12 @@ def convert_run(
             "source": calib_source,
             "images": reader.count,
             "requested": opts.calib_size,
-            "method": opts.calib_method,
+            "method": opts.calib_method
+            + (
+                ""
+                if decidable or opts.calib_method != "auto"
+                else " (minmax: the gate set is too small to choose)"
+            ),
         },
         "gate": {
             "source": gate_set.source,
@@ -191,7 +201,13 @@ def convert_run(
             "limits": gate.LIMITS,
             "notes": gate_set.notes + gate.adequacy(gate_set.labels, reference, card.threshold),
             "allow_accuracy_drop": opts.allow_accuracy_drop,
-            "precision_search": opts.precision_search,
+            "precision_search": (
+                "on"
+                if repair
+                else "off (--no-precision-search)"
+                if not opts.precision_search
+                else "skipped: the gate set is too small for any variant to pass"
+            ),
             "evaluated_with": "onnxruntime CPU for every variant; the TensorRT variants' ONNX "
             "inputs run there as a proxy for their engines",
         },
@@ -286,12 +302,19 @@ def _make_variants(
     reader: CalibrationReader,
     opts: ConvertOptions,
     judge: Callable[[Path], gate.Assessment],
+    decidable: bool,
 ) -> list[Variant]:
+    """The variants besides FP32; with ``auto`` calibration every method is tried and, when the
+    best fails, repaired per layer, but only where the gate set can decide (``decidable``)."""
     from convert.calibrate import cache_path, make_int8
     from convert.fp16 import convert_fp16
     from convert.quantize import CALIBRATION_METHODS, prepare
 
-    methods = CALIBRATION_METHODS if opts.calib_method == "auto" else (opts.calib_method,)
+    if opts.calib_method != "auto":
+        methods = (opts.calib_method,)
+    else:
+        methods = CALIBRATION_METHODS if decidable else ("minmax",)
+    repair = opts.precision_search and decidable
     made = []
     prepared = prepare(fp32, work / "model_fp32_prepared.onnx") if _quantized(wanted) else None
     for method in methods:  # calibrated once per conversion, shared by both INT8 flavours
@@ -304,9 +327,7 @@ def _make_variants(
             variant.assessment = judge(path)
         else:
             flavour = "tensorrt" if name == "trt_int8" else "cpu"
-            result = make_int8(
-                prepared, work, name, flavour, reader, methods, judge, opts.precision_search
-            )
+            result = make_int8(prepared, work, name, flavour, reader, methods, judge, repair)
             shutil.copyfile(result.path, path)
             variant = Variant(name, path, result.assessment, result)
             _finish(variant, card)

@@ -61,6 +61,8 @@ def search(layers: list[str], quantize: Quantizer, judge: Judge, work: Path) -> 
             trials += 1
             path = quantize(keep, work / f"trial_{trials}.onnx")
             best[keep] = (path, judge(path))
+            if not best[keep][1].passed:
+                path.unlink()  # only a passing model can be the answer
         return best[keep][1]
 
     sensitivity = {
@@ -83,4 +85,7 @@ def search(layers: list[str], quantize: Quantizer, judge: Judge, work: Path) -> 
             keep.remove(name)
     final = tuple(name for name in layers if name in set(keep))
     path, assessment = best[final]
+    for other, _ in best.values():
+        if other != path:
+            other.unlink(missing_ok=True)
     return SearchResult(final, True, path, assessment, sensitivity, trials)

@@ -109,6 +109,7 @@ def markdown(report: dict) -> str:
         f"limit ({_limits(gate['limits'])})"
         + (" (--allow-accuracy-drop: published anyway)" if gate["allow_accuracy_drop"] else ""),
         *(f"- gate set note: {note}" for note in gate["notes"]),
+        f"- per-layer precision search when INT8 fails: {gate['precision_search']}",
         f"- evaluated with: {gate['evaluated_with']}",
         "",
         "| variant | size (MB) | AUC | sensitivity | specificity | agreement with FP32 | "
