@@ -87,34 +87,42 @@ def test_badly_calibrated_int8_is_repaired_by_keeping_layers_in_float(
 def test_without_search_the_gate_refuses_and_the_override_publishes(
     trained_run: Path, flat_grey_data: Path, margin_gate_data: Path, tmp_path: Path
 ) -> None:
-    common = [
-        sys.executable, "-m", "cxr", "convert", str(trained_run), "--precision", "fp32,int8",
-        "--tensorrt", "off", "--calib-data", str(flat_grey_data), "--calib-method", "minmax",
-        "--gate-data", str(margin_gate_data), "--perturb", "none", "--no-precision-search",
-        "--bench-seconds", "0",
-    ]  # fmt: skip
-    for name, extra in (("strict", []), ("allowed", ["--allow-accuracy-drop"])):
-        root = tmp_path / name
-        done = subprocess.run(
-            [*common, "--repo", str(root / "repo"), "--report-dir", str(root),
-             "--work-dir", str(root / "work"), *extra],
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        report = json.loads((root / "convert_report.json").read_text())
-        int8 = _int8(report)
-        assert int8["gate"] == "refused" and int8["precision_search"] is None
-        assert any("clean:" in r and "limit" in r for r in int8["refusals"]), int8["refusals"]
-        assert report["gate"]["precision_search"] == "off (--no-precision-search)"
-        if name == "strict":
-            assert not int8["published"] and not (root / "repo" / "pneumonia_int8").exists()
-            assert "| refused | no |" in done.stdout
-            assert _deployed(root / "repo") == "pneumonia_fp32"
-            assert "not published (accuracy gate): pneumonia_int8" in done.stderr
-        else:
-            assert int8["published"] and "--allow-accuracy-drop" in int8["status"]
-            assert "| refused | yes |" in done.stdout
-            assert _deployed(root / "repo") == "pneumonia_int8"
+    options = ConvertOptions(
+        precisions=("fp32", "int8"),
+        calib_data=flat_grey_data,
+        calib_method="minmax",
+        gate_data=margin_gate_data,
+        perturbations=(),
+        precision_search=False,
+        tensorrt="off",
+        report_dir=tmp_path / "strict",
+        bench_seconds=0,
+    )
+    report = convert_run(trained_run, tmp_path / "strict" / "repo", tmp_path / "work", options)
+    int8 = _int8(report)
+    assert int8["gate"] == "refused" and int8["precision_search"] is None
+    assert any(r.startswith("clean: ") and "limit" in r for r in int8["refusals"]), int8
+    assert report["gate"]["precision_search"] == "off (--no-precision-search)"
+    assert not int8["published"] and not (tmp_path / "strict" / "repo" / "pneumonia_int8").exists()
+    assert _deployed(tmp_path / "strict" / "repo") == "pneumonia_fp32"
+    assert "| refused | no |" in (tmp_path / "strict" / "convert_report.md").read_text()
+
+    # The same through the command line, with the override.
+    root = tmp_path / "allowed"
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr", "convert", str(trained_run), "--precision", "fp32,int8",
+         "--tensorrt", "off", "--calib-data", str(flat_grey_data), "--calib-method", "minmax",
+         "--gate-data", str(margin_gate_data), "--perturb", "none", "--no-precision-search",
+         "--bench-seconds", "0", "--repo", str(root / "repo"), "--report-dir", str(root),
+         "--work-dir", str(root / "work"), "--allow-accuracy-drop"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "| refused | yes |" in done.stdout
+    int8 = _int8(json.loads((root / "convert_report.json").read_text()))
+    assert int8["gate"] == "refused" and int8["published"]
+    assert "--allow-accuracy-drop" in int8["status"]
+    assert _deployed(root / "repo") == "pneumonia_int8"
 
 
 def test_default_gate_set_is_a_derived_slice_shifted_and_says_what_it_can_decide(
