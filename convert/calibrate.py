@@ -5,12 +5,18 @@ kept in float that make it pass (:mod:`convert.precision`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from convert.gate import Assessment
 from convert.precision import SearchResult, search
-from convert.quantize import CalibrationReader, float_nodes, quantize_int8, quantized_layers
+from convert.quantize import (
+    CalibrationReader,
+    float_nodes,
+    layer_labels,
+    quantize_int8,
+    quantized_layers,
+)
 
 
 def cache_path(work: Path, method: str) -> Path:
@@ -28,6 +34,7 @@ class Int8Result:
     tried: dict[str, Assessment]  # calibration method -> its fully quantized model's assessment
     full_path: Path  # the fully quantized model of ``method``
     search: SearchResult | None  # None: not searched (the full model passed, or search is off)
+    labels: dict[str, str] = field(default_factory=dict)  # layer -> op type and parameter
 
     @property
     def keep_float(self) -> tuple[str, ...]:
@@ -36,7 +43,11 @@ class Int8Result:
 
     def precision(self) -> dict:
         """What to record in the model's card: calibration and the layers kept in float."""
-        return {"calibration_method": self.method, "float_layers": list(self.keep_float)}
+        return {
+            "calibration_method": self.method,
+            "float_layers": list(self.keep_float),
+            "float_layer_labels": [self.labels.get(name, "") for name in self.keep_float],
+        }
 
 
 def make_int8(
@@ -71,9 +82,11 @@ def make_int8(
         cache = cache_path(work, method)
         return quantize_int8(prepared, dst, reader, flavour, method, cache, keep)
 
-    outside = set(float_nodes(onnx.load(str(prepared), load_external_data=False)))
+    source = onnx.load(str(prepared), load_external_data=False)
+    outside = set(float_nodes(source))
     quantized = quantized_layers(onnx.load(str(full_path), load_external_data=False))
     layers = [name for name in quantized if name not in outside]
+    result.labels = layer_labels(source, layers)
     result.search = search(layers, quantizer, judge, work / f"search_{name}")
     if result.search.passed:
         result.path, result.assessment = result.search.path, result.search.assessment

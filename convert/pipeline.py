@@ -382,6 +382,7 @@ def _record(variant: Variant) -> None:
                 "tried": {m: _verdict(a) for m, a in result.tried.items()},
             },
             float_layers=list(result.keep_float),
+            float_layer_labels=result.precision()["float_layer_labels"],
             precision_search=result.search.as_dict() if result.search else None,
             full_int8=None if result.path == result.full_path else {
                 "file": str(result.full_path), **_verdict(result.tried[result.method])

@@ -115,6 +115,18 @@ def quantized_layers(quantized) -> list[str]:
     ]
 
 
+def layer_labels(model, names: list[str]) -> dict[str, str]:
+    """A readable label per node name: its op type and first initializer (the PyTorch
+    parameter, e.g. ``Conv backbone.conv1.weight``), else its op type."""
+    initializers = {t.name for t in model.graph.initializer}
+    labels = {}
+    for node in model.graph.node:
+        if node.name in names:
+            weights = [i for i in node.input if i in initializers]
+            labels[node.name] = " ".join([node.op_type, *weights[:1]])
+    return labels
+
+
 def prepare(src: Path, dst: Path) -> Path:
     """Shape inference and graph optimisation before quantization (``quant_pre_process``)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -64,8 +64,11 @@ def _paired(record: dict) -> list[str]:
         )
         lines.append(f"Calibration: {calib['method']} (fully quantized: {tried}).")
         layers = record["float_layers"]
+        named = [
+            f"{n} ({label})" for n, label in zip(layers, record["float_layer_labels"], strict=True)
+        ]
         lines.append(
-            f"Layers kept in float ({len(layers)}): {', '.join(layers)}."
+            f"Layers kept in float ({len(layers)}): {', '.join(named)}."
             if layers
             else "Layers kept in float: none besides pre- and post-processing."
         )

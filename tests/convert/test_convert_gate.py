@@ -69,7 +69,14 @@ def test_badly_calibrated_int8_is_repaired_by_keeping_layers_in_float(
     # The published model carries the list in its card, and those layers have float weights.
     published = repo / "pneumonia_int8" / "1" / "model.onnx"
     card = _embedded_card(published)
-    assert card["precision"] == {"calibration_method": "minmax", "float_layers": layers}
+    assert card["precision"] == {
+        "calibration_method": "minmax",
+        "float_layers": layers,
+        "float_layer_labels": int8["float_layer_labels"],
+    }
+    assert all(label.split()[0] in ("Conv", "Add", "MaxPool", "ReduceMean", "Gemm",
+                                    "GlobalAveragePool", "Relu", "Flatten")
+               for label in int8["float_layer_labels"]), int8["float_layer_labels"]  # fmt: skip
     nodes = {n.name: n for n in onnx.load(str(published)).graph.node}
     initializers = {t.name for t in onnx.load(str(published)).graph.initializer}
     for name in layers:
