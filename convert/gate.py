@@ -100,7 +100,7 @@ def assess(
             if loss_bound > limit:
                 refusals.append(
                     f"{name}: {metric} loss up to {loss_bound:.4f} (point estimate "
-                    f"{-diff.diff:.4f}, limit {limit})"
+                    f"{0.0 - diff.diff:.4f}, limit {limit})"
                 )
     return Assessment(results, refusals, worst)
 
