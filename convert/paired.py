@@ -79,7 +79,7 @@ def paired_proportion_diff(
     return diff, lower, upper
 
 
-def _midrank_components(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, ...]:
+def _delong_components(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, ...]:
     """DeLong's structural components of one score: V10 per positive, V01 per negative."""
     # For each positive: share of negatives below it (ties count half), and vice versa.
     neg_sorted = np.sort(negatives)
@@ -109,7 +109,7 @@ def delong_auc_diff(
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos < 2 or n_neg < 2:
         return math.nan, math.nan, math.nan
-    parts = [_midrank_components(s[y], s[~y]) for s in scores]
+    parts = [_delong_components(s[y], s[~y]) for s in scores]
     aucs = [float(v10.mean()) for v10, _ in parts]
     v10 = np.stack([p[0] for p in parts])
     v01 = np.stack([p[1] for p in parts])

@@ -368,7 +368,7 @@ def _record(variant: Variant) -> None:
         "sensitivity": clean.sensitivity.variant,
         "specificity": clean.specificity.variant,
         "agreement_with_fp32": 1.0 - flips / clean.n,
-        "max_abs_diff_vs_fp32": clean.max_abs_score_diff,
+        "max_abs_diff_vs_fp32": clean.max_abs_score_diff,  # of the triage score
         "evaluated_with": "onnxruntime CPU" + (" (proxy)" if variant.tensorrt else ""),
         "gate": "reference" if is_reference else ("pass" if assessment.passed else "refused"),
         "refusals": [] if is_reference else assessment.refusals,
@@ -376,6 +376,9 @@ def _record(variant: Variant) -> None:
     }
     if variant.int8:
         result = variant.int8
+        full = None
+        if result.path != result.full_path:  # repaired: the refused full model, for comparison
+            full = {"file": str(result.full_path), **_verdict(result.tried[result.method])}
         variant.record.update(
             calibration={
                 "method": result.method,
@@ -384,10 +387,8 @@ def _record(variant: Variant) -> None:
             float_layers=list(result.keep_float),
             float_layer_labels=result.precision()["float_layer_labels"],
             precision_search=result.search.as_dict() if result.search else None,
-            full_int8=None if result.path == result.full_path else {
-                "file": str(result.full_path), **_verdict(result.tried[result.method])
-            },
-        )  # fmt: skip
+            full_int8=full,
+        )
 
 
 def _verdict(assessment: gate.Assessment) -> dict:
