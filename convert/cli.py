@@ -36,12 +36,37 @@ def convert_command(
     ] = None,
     calib_size: Annotated[int, typer.Option(help="Calibration images (at most).")] = 512,
     calib_method: Annotated[
-        str, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")
-    ] = "minmax",
+        str,
+        typer.Option(
+            help="INT8 calibration: minmax, entropy, percentile, or auto (each tried; the gate "
+            "chooses)."
+        ),
+    ] = "auto",
     gate_data: Annotated[
         Path | None,
-        typer.Option(help="Dataset whose validation split gates accuracy (default: the run's)."),
+        typer.Option(
+            help="Dataset (folder or .npz) the gate compares on (default: the slice of the "
+            "training data the card records as held back, else one derived from it)."
+        ),
     ] = None,
+    gate_split: Annotated[
+        str | None,
+        typer.Option(help="Split of --gate-data to gate on: train, val or test (default: val)."),
+    ] = None,
+    perturb: Annotated[
+        str,
+        typer.Option(
+            help="Acquisition shifts gated besides the clean images, comma-separated: exposure, "
+            "contrast, noise, geometry; or none."
+        ),
+    ] = "exposure,contrast,noise,geometry",
+    precision_search: Annotated[
+        bool,
+        typer.Option(
+            "--precision-search/--no-precision-search",
+            help="When INT8 fails the gate, keep the fewest layers in float that make it pass.",
+        ),
+    ] = True,
     tensorrt: Annotated[
         str,
         typer.Option(
@@ -65,7 +90,8 @@ def convert_command(
     ] = 1.0,
 ) -> None:
     """Export the run to ONNX, make INT8/FP16 variants and TensorRT engines, gate them against FP32
-    on validation images, and publish those that pass into the repository."""
+    (paired, on images training did not select on, clean and shifted), repair a failing INT8 per
+    layer, and publish those that pass into the repository."""
     from convert.pipeline import ConversionError, ConvertOptions, convert_run
     from convert.quantize import QuantizationError
     from convert.report import markdown
@@ -76,6 +102,9 @@ def convert_command(
         calib_size=calib_size,
         calib_method=calib_method.lower(),
         gate_data=gate_data,
+        gate_split=gate_split.lower() if gate_split else None,
+        perturbations=() if perturb.strip().lower() == "none" else _split(perturb),
+        precision_search=precision_search,
         tensorrt=tensorrt.lower(),
         max_batch=max_batch,
         allow_accuracy_drop=allow_accuracy_drop,

@@ -82,14 +82,15 @@ def contract_problems(proto) -> list[str]:
     ]
 
 
-def embed_card(proto, card: ModelCard) -> None:
-    """Store the model card in the ONNX metadata so the file explains itself."""
+def embed_card(proto, card: ModelCard, extra: dict | None = None) -> None:
+    """Store the model card in the ONNX metadata so the file explains itself; ``extra`` adds
+    what is particular to this file (an INT8 model's calibration and float layers)."""
     for prop in list(proto.metadata_props):
         if prop.key == CARD_METADATA_KEY:
             proto.metadata_props.remove(prop)
     entry = proto.metadata_props.add()
     entry.key = CARD_METADATA_KEY
-    entry.value = json.dumps(asdict(card))
+    entry.value = json.dumps({**asdict(card), **(extra or {})})
 
 
 def torch_parity(model, onnx_path: Path, images: np.ndarray) -> Parity:

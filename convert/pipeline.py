@@ -9,6 +9,7 @@ and configs for the compose ``engines`` service -> ``convert_report.json`` / ``.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,10 @@ import numpy as np
 
 from client.contract import CLASSIFIER_PREFIX, classifier_model
 from convert import gate, tensorrt
+from convert.calibrate import Int8Result
 from convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
+from convert.gateset import PERTURBATIONS, GateSet, base_images, with_perturbations
+from convert.paired import CONFIDENCE
 from convert.quantize import CalibrationReader
 from convert.report import write_report
 from server.repository import (
@@ -32,7 +36,7 @@ from server.repository import (
     publish_front,
 )
 from train.card import ModelCard
-from train.data import Split, TrainingData, fingerprint, load_split, load_training_data
+from train.data import SPLIT_NAMES, TrainingData, fingerprint, load_split, load_training_data
 
 PARITY_IMAGES = 32
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -61,8 +65,11 @@ class ConvertOptions:
     precisions: tuple[str, ...] = PRECISIONS
     calib_data: Path | None = None  # dataset whose train split calibrates INT8 (default: run's)
     calib_size: int = 512
-    calib_method: str = "minmax"
-    gate_data: Path | None = None  # dataset whose validation split gates (default: run's)
+    calib_method: str = "auto"  # or one of CALIBRATION_METHODS; auto: chosen by the gate
+    gate_data: Path | None = None  # dataset that gates (default: see convert.gateset)
+    gate_split: str | None = None  # its split (default: its validation split)
+    perturbations: tuple[str, ...] = PERTURBATIONS  # acquisition shifts gated besides clean
+    precision_search: bool = True  # repair a failing INT8 by keeping layers in float
     tensorrt: str = "auto"
     max_batch: int = 64
     allow_accuracy_drop: bool = False
@@ -78,10 +85,18 @@ class ConvertOptions:
         unknown = sorted(set(self.precisions) - set(PRECISIONS))
         if unknown or not self.precisions:
             raise ValueError(f"--precision: unknown {unknown}; choose from {', '.join(PRECISIONS)}")
-        if self.calib_method not in CALIBRATION_METHODS:
+        if self.calib_method not in ("auto", *CALIBRATION_METHODS):
             raise ValueError(
-                f"--calib-method {self.calib_method!r}: choose {', '.join(CALIBRATION_METHODS)}"
+                f"--calib-method {self.calib_method!r}: choose auto, "
+                f"{', '.join(CALIBRATION_METHODS)}"
             )
+        if self.gate_split is not None and self.gate_split not in SPLIT_NAMES:
+            raise ValueError(f"--gate-split {self.gate_split!r}: choose {', '.join(SPLIT_NAMES)}")
+        bad = sorted(set(self.perturbations) - set(PERTURBATIONS))
+        if bad:
+            raise ValueError(f"--perturb: unknown {bad}; choose from {', '.join(PERTURBATIONS)}")
+        if self.gate_split is not None and self.gate_data is None:
+            raise ValueError("--gate-split needs --gate-data")
         if self.tensorrt not in TENSORRT_MODES:
             raise ValueError(f"--tensorrt {self.tensorrt!r}: choose {', '.join(TENSORRT_MODES)}")
         for name in ("calib_size", "max_batch"):
@@ -98,6 +113,8 @@ class Variant:
 
     name: str
     path: Path
+    assessment: gate.Assessment | None = None
+    int8: Int8Result | None = None
     record: dict = field(default_factory=dict)
 
     @property
@@ -123,19 +140,33 @@ def convert_run(
     model, card = load_trained(run_dir)
     work = work_dir or run_dir / "onnx"
     wanted = _wanted_variants(opts)
-    gate_split, gate_source, calib, calib_source = _load_images(card, opts, wanted)
-    gate.check_gate_labels(gate_split.labels, gate_source)
+    gate_set, calib, calib_source = _load_images(card, opts, wanted)
+    gate.check_gate_labels(gate_set.labels, gate_set.source)
 
     fp32 = Variant("fp32", export_onnx(model, card, work / "model_fp32.onnx"))
-    parity: Parity = torch_parity(model, fp32.path, gate_split.images[:PARITY_IMAGES])
+    clean = gate_set.conditions["clean"]
+    parity: Parity = torch_parity(model, fp32.path, clean[:PARITY_IMAGES])
     if not parity.ok:
         raise ConversionError(
             f"FP32 ONNX differs from PyTorch by {parity.max_abs_diff:.2e} on {parity.output} "
             f"(limit {parity.limit:.0e}); not published"
         )
+    reference = gate.model_scores(fp32.path, gate_set)
+
+    def judge(path: Path) -> gate.Assessment:
+        scores = gate.model_scores(path, gate_set)
+        return gate.assess(gate_set.labels, reference, scores, card.threshold)
+
+    fp32.assessment = gate.assess(gate_set.labels, reference, reference, card.threshold)
     reader = CalibrationReader(calib)
-    variants = [fp32, *_make_variants(fp32.path, work, card, wanted, reader, opts)]
-    _gate_all(variants, gate_split, card.threshold)
+    decidable = gate.decidable(gate_set.labels)
+    repair = opts.precision_search and decidable
+    variants = [
+        fp32,
+        *_make_variants(fp32.path, work, card, wanted, reader, opts, judge, decidable),
+    ]
+    for variant in variants:
+        _record(variant)
     _bench_cpu(variants, opts)
     card_dict = {**asdict(card), "positive_class": card.positive_class}
     published = _publish(repo, variants, card_dict, opts, trt_missing)
@@ -152,14 +183,31 @@ def convert_run(
             "source": calib_source,
             "images": reader.count,
             "requested": opts.calib_size,
-            "method": opts.calib_method,
+            "method": opts.calib_method
+            + (
+                ""
+                if decidable or opts.calib_method != "auto"
+                else " (minmax: the gate set is too small to choose)"
+            ),
         },
         "gate": {
-            "source": gate_source,
-            "images": len(gate_split),
-            "auc_drop_limit": gate.AUC_DROP_LIMIT,
-            "sensitivity_drop_limit": gate.SENSITIVITY_DROP_LIMIT,
+            "source": gate_set.source,
+            "kind": gate_set.kind,
+            "images": len(gate_set),
+            "positives": int((gate_set.labels != 0).sum()),
+            "negatives": int((gate_set.labels == 0).sum()),
+            "conditions": list(gate_set.conditions),
+            "confidence": CONFIDENCE,
+            "limits": gate.LIMITS,
+            "notes": gate_set.notes + gate.adequacy(gate_set.labels, reference, card.threshold),
             "allow_accuracy_drop": opts.allow_accuracy_drop,
+            "precision_search": (
+                "on"
+                if repair
+                else "off (--no-precision-search)"
+                if not opts.precision_search
+                else "skipped: the gate set is too small for any variant to pass"
+            ),
             "evaluated_with": "onnxruntime CPU for every variant; the TensorRT variants' ONNX "
             "inputs run there as a proxy for their engines",
         },
@@ -200,11 +248,11 @@ def _not_made(opts: ConvertOptions) -> dict[str, str]:
 
 def _load_images(
     card: ModelCard, opts: ConvertOptions, wanted: list[str]
-) -> tuple[Split, str, np.ndarray, str]:
-    """(gate split, its source, calibration images, their source)."""
+) -> tuple[GateSet, np.ndarray, str]:
+    """(gate set, calibration images, their source)."""
     size, seed = card.image_size, int(card.training.get("seed", opts.seed))
     needs_calib = _quantized(wanted) and opts.calib_data is None
-    run_data = None
+    run_data, run_source = None, ""
     if opts.gate_data is None or needs_calib:
         path = card.data.get("path")
         if not path:
@@ -214,21 +262,27 @@ def _load_images(
             )
         run_data = load_training_data(Path(path), size, seed)
         run_source = f"{path} ({_fingerprint_note(run_data, card)})"
-    if opts.gate_data is not None:
-        gate_split = load_training_data(opts.gate_data, size, seed).val
-        gate_source = f"{opts.gate_data} validation split"
-    else:
-        gate_split, gate_source = run_data.val, f"{run_source}: validation split"
+    base, source, kind, notes = base_images(
+        card, seed, opts.gate_data, opts.gate_split, run_data, run_source
+    )
+    gate.check_gate_labels(base.labels, source)
+    gate_set = with_perturbations(
+        base.labels, base.images, seed, opts.perturbations, source=source, kind=kind, notes=notes
+    )
     if not _quantized(wanted):
-        return gate_split, gate_source, np.zeros((0, 1, size, size), np.uint8), "not needed"
+        return gate_set, np.zeros((0, 1, size, size), np.uint8), "not needed"
     if opts.calib_data is not None:
         pool, calib_source = load_split(opts.calib_data, "train", size), f"{opts.calib_data} train"
     else:
         pool, calib_source = run_data.train, f"{run_source}: train split"
+        if kind != "gate-data":  # calibration never sees the gate's images
+            held = set(base.sources)
+            pool = pool.subset(np.flatnonzero([s not in held for s in pool.sources]))
+            calib_source += " without the gate slice"
     if len(pool) == 0:
         raise ConversionError(f"{calib_source}: no images to calibrate INT8 on")
     chosen = np.random.default_rng(seed).permutation(len(pool))[: opts.calib_size]
-    return gate_split, gate_source, pool.images[np.sort(chosen)], calib_source
+    return gate_set, pool.images[np.sort(chosen)], calib_source
 
 
 def _fingerprint_note(data: TrainingData, card: ModelCard) -> str:
@@ -247,67 +301,109 @@ def _make_variants(
     wanted: list[str],
     reader: CalibrationReader,
     opts: ConvertOptions,
+    judge: Callable[[Path], gate.Assessment],
+    decidable: bool,
 ) -> list[Variant]:
-    import onnx
-
+    """The variants besides FP32; with ``auto`` calibration every method is tried and, when the
+    best fails, repaired per layer, but only where the gate set can decide (``decidable``)."""
+    from convert.calibrate import cache_path, make_int8
     from convert.fp16 import convert_fp16
-    from convert.quantize import prepare, quantize_int8
+    from convert.quantize import CALIBRATION_METHODS, prepare
 
+    if opts.calib_method != "auto":
+        methods = (opts.calib_method,)
+    else:
+        methods = CALIBRATION_METHODS if decidable else ("minmax",)
+    repair = opts.precision_search and decidable
     made = []
     prepared = prepare(fp32, work / "model_fp32_prepared.onnx") if _quantized(wanted) else None
-    cache = work / "calibration.json"
-    cache.unlink(missing_ok=True)  # calibrated once per conversion, shared by both INT8 flavours
+    for method in methods:  # calibrated once per conversion, shared by both INT8 flavours
+        cache_path(work, method).unlink(missing_ok=True)
     for name in wanted:
         path = work / f"model_{name}.onnx"
         if name == "trt_fp16":
-            convert_fp16(fp32, path)
+            variant = Variant(name, convert_fp16(fp32, path))
+            _finish(variant, card)
+            variant.assessment = judge(path)
         else:
             flavour = "tensorrt" if name == "trt_int8" else "cpu"
-            quantize_int8(prepared, path, reader, flavour, opts.calib_method, cache)
-        proto = onnx.load(str(path))
-        problems = contract_problems(proto)
-        if problems:
-            raise ConversionError(f"{path}: breaks the tensor contract: {'; '.join(problems)}")
-        embed_card(proto, card)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
-        made.append(Variant(name, path))
-    cache.unlink(missing_ok=True)
+            result = make_int8(prepared, work, name, flavour, reader, methods, judge, repair)
+            shutil.copyfile(result.path, path)
+            variant = Variant(name, path, result.assessment, result)
+            _finish(variant, card)
+        made.append(variant)
+    for method in methods:
+        cache_path(work, method).unlink(missing_ok=True)
     return made
 
 
-def _gate_all(variants: list[Variant], split: Split, threshold: float) -> None:
-    reference = gate.evaluate(variants[0].path, split.images, split.labels, threshold)
-    for variant in variants:
-        result = (
-            reference
-            if variant.name == "fp32"
-            else gate.evaluate(variant.path, split.images, split.labels, threshold)
+def _finish(variant: Variant, card: ModelCard) -> None:
+    """Check a made model against the tensor contract and embed its card (with its precision)."""
+    import onnx
+
+    proto = onnx.load(str(variant.path))
+    problems = contract_problems(proto)
+    if problems:
+        raise ConversionError(f"{variant.path}: breaks the tensor contract: {'; '.join(problems)}")
+    embed_card(proto, card, {"precision": variant.int8.precision()} if variant.int8 else None)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(variant.path))
+
+
+def _record(variant: Variant) -> None:
+    assessment = variant.assessment
+    clean = assessment.results["clean"]
+    flips = clean.flips_urgent_to_routine + clean.flips_routine_to_urgent
+    is_reference = variant.name == "fp32"
+    description = DESCRIPTIONS[variant.name]
+    if variant.int8 and variant.int8.keep_float:
+        description += f"; {len(variant.int8.keep_float)} layers kept in float"
+    variant.record = {
+        "variant": variant.name,
+        "model": classifier_model(variant.name),
+        "description": description,
+        "file": str(variant.path),
+        "size_bytes": variant.path.stat().st_size,
+        "auc": clean.auc.variant,
+        "sensitivity": clean.sensitivity.variant,
+        "specificity": clean.specificity.variant,
+        "agreement_with_fp32": 1.0 - flips / clean.n,
+        "max_abs_diff_vs_fp32": clean.max_abs_score_diff,  # of the triage score
+        "evaluated_with": "onnxruntime CPU" + (" (proxy)" if variant.tensorrt else ""),
+        "gate": "reference" if is_reference else ("pass" if assessment.passed else "refused"),
+        "refusals": [] if is_reference else assessment.refusals,
+        "paired": None if is_reference else assessment.as_dict(),
+    }
+    if variant.int8:
+        result = variant.int8
+        full = None
+        if result.path != result.full_path:  # repaired: the refused full model, for comparison
+            full = {"file": str(result.full_path), **_verdict(result.tried[result.method])}
+        variant.record.update(
+            calibration={
+                "method": result.method,
+                "tried": {m: _verdict(a) for m, a in result.tried.items()},
+            },
+            float_layers=list(result.keep_float),
+            float_layer_labels=result.precision()["float_layer_labels"],
+            precision_search=result.search.as_dict() if result.search else None,
+            full_int8=full,
         )
-        refused = [] if variant.name == "fp32" else gate.refusals(reference, result)
-        m = result.metrics
-        variant.record = {
-            "variant": variant.name,
-            "model": classifier_model(variant.name),
-            "description": DESCRIPTIONS[variant.name],
-            "file": str(variant.path),
-            "size_bytes": variant.path.stat().st_size,
-            "auc": m["auc"],
-            "auc_ci": m["auc_ci"],
-            "sensitivity": m["sensitivity"],
-            "specificity": m["specificity"],
-            "agreement_with_fp32": gate.agreement(reference, result),
-            "max_abs_diff_vs_fp32": float(np.max(np.abs(result.probs - reference.probs))),
-            "evaluated_with": "onnxruntime CPU" + (" (proxy)" if variant.tensorrt else ""),
-            "gate": "reference" if variant.name == "fp32" else ("refused" if refused else "pass"),
-            "refusals": refused,
-        }
+
+
+def _verdict(assessment: gate.Assessment) -> dict:
+    return {
+        "gate": "pass" if assessment.passed else "refused",
+        "refusals": assessment.refusals,
+        "worst_loss_over_limit": assessment.worst,
+    }
 
 
 def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
     from convert.bench import bench_onnx
 
     for variant in variants:
+        full = variant.record.get("full_int8")
         if variant.tensorrt:
             variant.record["speed"] = None
             variant.record["speed_note"] = (
@@ -320,6 +416,10 @@ def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
             rows = bench_onnx(variant.path, list(opts.bench_batches), opts.bench_seconds)
             variant.record["speed"] = rows
             variant.record["speed_note"] = "onnxruntime CPU in-process, all cores"
+            if full:
+                full["speed"] = bench_onnx(
+                    Path(full["file"]), list(opts.bench_batches), opts.bench_seconds
+                )
 
 
 def _publish(

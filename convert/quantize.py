@@ -103,6 +103,30 @@ def float_nodes(model) -> list[str]:
     return list(keep)
 
 
+def quantized_layers(quantized) -> list[str]:
+    """Names of the nodes of a QDQ model that run on quantized inputs (graph order): what
+    ``keep_float`` can name. Keeping all of them in float leaves no quantized arithmetic."""
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    return [
+        n.name
+        for n in quantized.graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        and any(i in dequantized for i in n.input)
+    ]
+
+
+def layer_labels(model, names: list[str]) -> dict[str, str]:
+    """A readable label per node name: its op type and first initializer (the PyTorch
+    parameter, e.g. ``Conv backbone.conv1.weight``), else its op type."""
+    initializers = {t.name for t in model.graph.initializer}
+    labels = {}
+    for node in model.graph.node:
+        if node.name in names:
+            weights = [i for i in node.input if i in initializers]
+            labels[node.name] = " ".join([node.op_type, *weights[:1]])
+    return labels
+
+
 def prepare(src: Path, dst: Path) -> Path:
     """Shape inference and graph optimisation before quantization (``quant_pre_process``)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -118,11 +142,14 @@ def quantize_int8(
     flavour: str,
     method: str = "minmax",
     cache: Path | None = None,
+    keep_float: tuple[str, ...] = (),
 ) -> Path:
     """Write the ``flavour`` INT8 model of ``prepared`` (an output of :func:`prepare`) to ``dst``.
 
-    ``cache`` (a JSON file path) keeps the calibrated ranges: the second flavour reuses the first
-    one's calibration instead of running it again.
+    ``cache`` (a JSON file path) keeps the calibrated ranges: the second flavour, and every mixed
+    model of the per-layer search, reuses them instead of calibrating again (one cache per
+    method). ``keep_float``: layers (node names, :func:`quantized_layers`) left in float besides
+    the pre- and post-processing.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -157,7 +184,10 @@ def quantize_int8(
             per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_nodes(onnx.load(str(prepared), load_external_data=False)),
+            nodes_to_exclude=[
+                *float_nodes(onnx.load(str(prepared), load_external_data=False)),
+                *keep_float,
+            ],
             calibrate_method=methods[method],
             calibration_cache_path=cache or Path(scratch) / "calibration.json",
             extra_options={
