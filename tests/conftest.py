@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +95,80 @@ def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     return run
 
 
-@pytest.fixture(scope="session")
-def model_repo(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository published from the trained run by ``cxr convert``'s pipeline."""
-    from convert.pipeline import convert_run
+#: Distance from the operating threshold of the images in the margin gate set: well above the
+#: largest change INT8 makes to a score of the session's model (about 0.017).
+GATE_MARGIN = 0.03
 
-    repo = tmp_path_factory.mktemp("repo") / "model_repository"
-    convert_run(trained_run, repo)
-    return repo
+
+#: Images per class of the margin gate set: above the 381 abnormal images a paired sensitivity
+#: bound needs to be able to pass its 0.01 limit (z^2 / (n + z^2) with no flip).
+MARGIN_PER_CLASS = 420
+
+
+@pytest.fixture(scope="session")
+def margin_gate_data(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fresh synthetic images that ``trained_run`` scores at least :data:`GATE_MARGIN` from its
+    threshold, :data:`MARGIN_PER_CLASS` of each class, as a MedMNIST-style .npz (train and val
+    hold the same images).
+
+    On a set whose images sit near the threshold, INT8 rounding can move a boundary positive
+    across it and the gate (rightly) refuses the variant. Gating on images decided with a margin
+    makes "INT8 passes" an outcome known in advance; the margin is checked here, on these images,
+    so it holds whatever the model (a loud failure if too few images qualify).
+    """
+    import torch
+
+    from client.imaging import to_model_input
+    from train.models import load_trained
+    from train.synth import synth_image
+    from train.trainer import predict_probs
+
+    model, card = load_trained(trained_run)
+    rng = np.random.default_rng(7)
+    labels = np.arange(3 * MARGIN_PER_CLASS) % 2
+    raw = np.stack([synth_image(rng, 64, bool(label)) for label in labels])
+    images = np.stack([to_model_input(image, card.image_size) for image in raw])
+    scores = 1.0 - predict_probs(model, images, torch.device("cpu"))[:, 0]
+    keep = np.abs(scores - card.threshold) >= GATE_MARGIN
+    chosen = np.concatenate(
+        [np.flatnonzero(keep & (labels == c))[:MARGIN_PER_CLASS] for c in (0, 1)]
+    )
+    counts = np.bincount(labels[chosen], minlength=2)
+    assert counts.min() == MARGIN_PER_CLASS, f"too few confidently scored images: {counts}"
+    path = tmp_path_factory.mktemp("margin") / "margin.npz"
+    kept, kept_labels = raw[np.sort(chosen)], labels[np.sort(chosen)]
+    np.savez(
+        path, train_images=kept, train_labels=kept_labels, val_images=kept, val_labels=kept_labels
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def conversion(
+    trained_run: Path, margin_gate_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    """``cxr convert``'s pipeline on ``trained_run`` with every precision (TensorRT: auto), gated
+    on :func:`margin_gate_data`, clean images only (the margin is a property of the clean images;
+    shifted ones may land near the threshold) and minmax calibration: its report and the model
+    repository it published (INT8 deployed)."""
+    from convert.pipeline import ConvertOptions, convert_run
+
+    root = tmp_path_factory.mktemp("converted")
+    options = ConvertOptions(
+        gate_data=margin_gate_data,
+        perturbations=(),
+        calib_method="minmax",
+        report_dir=root / "report",
+        bench_seconds=0.2,
+    )
+    repo = root / "model_repository"
+    return convert_run(trained_run, repo, root / "work", options), repo
+
+
+@pytest.fixture(scope="session")
+def model_repo(conversion: tuple[dict, Path]) -> Path:
+    """The model repository of the session's conversion (serve it from a copy to change it)."""
+    return conversion[1]
 
 
 @pytest.fixture(scope="session")
