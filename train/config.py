@@ -13,7 +13,7 @@ class TrainConfig:
     arch: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     image_size: int = 64
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
     #: Learning rate of pretrained layers as a fraction of ``lr`` (the new head gets ``lr``; from

@@ -22,7 +22,13 @@ from train import metrics
 from train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
 from train.config import TrainConfig
 from train.data import TrainingData, detect_format, fingerprint, load_training_data
-from train.models import TriageNet, build_model, normalisation, pretrained_weights
+from train.models import (
+    TIMM_ARCHS,
+    TriageNet,
+    build_model,
+    normalisation,
+    pretrained_weights,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,7 +140,7 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
             "init_val_loss": at_init["val_loss"],
             "init_val_auc": at_init["val_auc"],
         },
-        versions=_versions(),
+        versions=_versions(config.arch),
     )
     card.save(out)
     _write_curves(history, out)
@@ -277,15 +283,20 @@ def _describe_data(path: Path, data: TrainingData) -> dict:
     }
 
 
-def _versions() -> dict[str, str]:
+def _versions(arch: str) -> dict[str, str]:
     import torchvision
 
-    return {
+    versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
     }
+    if arch in TIMM_ARCHS:
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions
 
 
 def _write_curves(history: list[dict], out: Path) -> None:

