@@ -18,7 +18,7 @@ class TrainConfig:
     lr: float = 2e-3
     #: Learning rate of pretrained layers as a fraction of ``lr`` (the new head gets ``lr``; from
     #: scratch every layer does).
-    backbone_lr: float = 0.25
+    backbone_lr: float = 1.0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     #: Decay of the exponential moving average of the weights that is evaluated and exported
