@@ -61,10 +61,10 @@ def separable(tmp_path: Path) -> Path:
 
     def split(count: int) -> tuple[np.ndarray, np.ndarray]:
         labels = np.arange(count) % 2
-        images = rng.normal(70 + 110 * labels[:, None, None], 25, (count, 32, 32))
+        images = rng.normal(70 + 110 * labels[:, None, None], 25, (count, 64, 64))
         return images.clip(0, 255).astype(np.uint8), labels.reshape(-1, 1).astype(np.uint8)
 
-    (train_x, train_y), (val_x, val_y) = split(96), split(32)
+    (train_x, train_y), (val_x, val_y) = split(128), split(32)
     path = tmp_path / "separable.npz"
     np.savez(path, train_images=train_x, train_labels=train_y, val_images=val_x, val_labels=val_y)
     return path
@@ -78,9 +78,9 @@ def test_a_short_run_exports_a_trained_model(
     config = TrainConfig(
         arch="efficientnet_lite0",
         pretrained="imagenet",
-        image_size=32,
-        epochs=4,
-        batch_size=8,
+        image_size=64,
+        epochs=3,
+        batch_size=16,
         ema_decay=ema_decay,
         seed=seed,
     )
@@ -94,5 +94,6 @@ def test_a_short_run_exports_a_trained_model(
     chosen = select_epoch(history)
     assert card.training["best_epoch"] == chosen["epoch"]
     assert card.val_metrics["auc"] == pytest.approx(chosen["val_auc"], abs=1e-6)  # what was saved
-    assert chosen["val_loss"] < card.training["init_val_loss"]
+    assert chosen["val_auc"] > 0.9  # the classes separate (1.0 in most runs here)
+    assert min(row["val_loss"] for row in history) < card.training["init_val_loss"]
     assert ModelCard.load(tmp_path / "run").weights_source.startswith("package ")
