@@ -146,10 +146,11 @@ def imagenet_weights(arch: str, say: Callable[[str], None] = lambda _: None) -> 
             tried.append(f"download of {url} failed ({err})")
         else:
             return Weights(state, f"download {url} -> torchvision cache {cached}")
+    copy = "" if arch in TIMM_ARCHS else f"copy {arch}'s torchvision checkpoint into the cache, "
     raise PretrainedWeightsError(
         f"ImageNet weights for {arch} cannot be had here: {'; '.join(tried)}. Offline, "
-        f"{OFFLINE_HINT}; or copy {arch}'s torchvision checkpoint into the cache above, or pass "
-        "--pretrained PATH/TO/weights.pth, or --pretrained none to train from scratch."
+        f"{OFFLINE_HINT}; or {copy}pass --pretrained PATH/TO/weights.pth, or --pretrained none "
+        "to train from scratch."
     )
 
 
