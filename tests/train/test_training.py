@@ -34,7 +34,9 @@ def test_run_converges_and_writes_its_card(trained_run: Path) -> None:
     card = ModelCard.load(trained_run)
     assert card.val_metrics["auc"] > 0.9
     assert card.val_metrics["sensitivity"] >= card.target_sensitivity == 0.95
-    assert card.threshold == card.val_metrics["threshold"]
+    # The session fixture moved the operating threshold to the middle of its verified gap; the
+    # rule's threshold stays with the validation metrics (a fresh run's card: test below).
+    assert card.training["threshold_rule"].startswith("tests:")
     assert card.arch == "resnet18" and card.classes == ["NORMAL", "PNEUMONIA"]
     assert card.image_size == 32
     assert card.normalisation == {"mean": 0.449, "std": 0.226, "input_scale": 255.0}
@@ -65,7 +67,7 @@ def test_same_seed_same_run_other_seed_other_run(cxr, three_classes: Path, tmp_p
     assert any(not torch.equal(first[key], other[key]) for key in first if "weight" in key)
     card_a, card_b = (json.loads((runs[n] / CARD_FILE).read_text()) for n in "ab")
     assert card_a["val_metrics"] == card_b["val_metrics"]
-    assert card_a["threshold"] == card_b["threshold"]
+    assert card_a["threshold"] == card_b["threshold"] == card_a["val_metrics"]["threshold"]
     assert card_a["classes"] == ["NORMAL", "BACTERIA", "VIRUS"]
     assert "carved from train" in card_a["val_source"]
 
