@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 #: JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC) and JPEG-LS SOF55.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The eight bytes every PNG file starts with.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
@@ -31,7 +32,7 @@ def frame_size(stream: bytes) -> FrameSize | None:
     """The frame size a PNG, JPEG, JPEG-LS or JPEG 2000 codestream (or JP2 file) declares, or
     None when its header cannot be found in ``stream`` (which may be just its first bytes)."""
     try:
-        if stream.startswith(_PNG_SIGNATURE) and stream[12:16] == b"IHDR":
+        if stream.startswith(PNG_MAGIC) and stream[12:16] == b"IHDR":
             width, height, depth, colour = struct.unpack_from(">IIBB", stream, 16)
             return FrameSize(width, height, _PNG_CHANNELS.get(colour, 0), depth)
         if stream.startswith(b"\xff\xd8"):

@@ -80,30 +80,34 @@ class _CountingReader(io.BytesIO):
         return super().read(size)
 
 
-def read_bounded(data: bytes) -> Dataset:
-    """Parse DICOM bytes into a dataset of the pixel attributes only, every cost bounded.
+def read_bounded(data: bytes, keywords: tuple[str, ...] | None = _READ_ATTRIBUTES) -> Dataset:
+    """Parse DICOM bytes into a dataset of ``keywords`` (default: the pixel attributes; None:
+    every attribute before Pixel Data, for a header), every cost bounded.
 
     Raises :class:`ImageDecodeError` (``too_many_elements``, ``inflate_too_large``,
     ``too_large``) for bombs; pydicom's own exceptions for malformed files.
     """
     import pydicom
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
     from pydicom.tag import Tag
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-    wanted = [Tag(keyword) for keyword in _READ_ATTRIBUTES]
+    wanted = None if keywords is None else [Tag(keyword) for keyword in keywords]
     stream = _CountingReader(data)
     read_preamble(stream, True)
     meta = _read_file_meta_info(stream)
     if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         body = _inflate(data[stream.tell() :])
-        ds = read_dataset(_CountingReader(body), False, True, specific_tags=wanted)
+        stop = _at_pixel_data if keywords is None else None
+        ds = read_dataset(_CountingReader(body), False, True, stop_when=stop, specific_tags=wanted)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the inflated bytes are
         ds.file_meta = meta
         ds.set_original_encoding(False, True)
     else:
         stream.seek(0)
-        ds = pydicom.dcmread(stream, force=True, specific_tags=wanted)
+        ds = pydicom.dcmread(
+            stream, force=True, specific_tags=wanted, stop_before_pixels=keywords is None
+        )
     _check_attribute_sizes(ds)
     return ds
 

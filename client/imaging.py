@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from client.codestream import frame_size
+from client.codestream import PNG_MAGIC, frame_size
 from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
 from client.decode_errors import ImageDecodeError, dicom_errors, why
 from client.dicom_lut import (
@@ -57,7 +57,6 @@ from client.dicom_lut import (
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"

@@ -4,27 +4,29 @@ Text chunks, EXIF, XMP and comments can carry patient names and IDs; the server'
 none of them. PNG keeps only the chunks that define the pixels (IHDR, PLTE, tRNS, IDAT, IEND);
 JPEG drops comments (COM) and application segments APP1..APP13 and APP15 (EXIF, XMP, ICC, IPTC),
 keeping JFIF (APP0) and Adobe (APP14), which say how to turn the samples into colours. The
-compressed pixel data is copied byte for byte, so the decoded image is identical.
+compressed pixel data is copied byte for byte, so the decoded image is identical; nothing after
+the end-of-image marker is kept.
 """
 
 from __future__ import annotations
 
 import struct
 
+from client.codestream import PNG_MAGIC
 from client.decode_errors import ImageDecodeError
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"})
 _JPEG_KEPT_APP = frozenset({0xE0, 0xEE})  # JFIF, Adobe
 _JPEG_COMMENT = 0xFE
 # Markers without a length: SOI, EOI, RST0..7, TEM.
+_JPEG_EOI = 0xD9
 _JPEG_STANDALONE = frozenset({0xD8, 0xD9, 0x01, *range(0xD0, 0xD8)})
 
 
 def strip_png(data: bytes) -> bytes:
     """``data`` (a PNG file) with only its pixel-defining chunks."""
-    out = [_PNG_SIGNATURE]
-    offset = len(_PNG_SIGNATURE)
+    out = [PNG_MAGIC]
+    offset = len(PNG_MAGIC)
     while offset + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, offset)
         kind = data[offset + 4 : offset + 8]
@@ -58,6 +60,9 @@ def strip_jpeg(data: bytes) -> bytes:
         if marker == 0xFF:  # fill byte
             offset += 1
             continue
+        if marker == _JPEG_EOI:  # the image ends here: trailing bytes never leave the client
+            out += data[offset : offset + 2]
+            break
         if marker in _JPEG_STANDALONE:
             out += data[offset : offset + 2]
             offset += 2

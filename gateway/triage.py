@@ -18,7 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from client.imaging import DECODE_CODES
+from client.decode_errors import DECODE_CODES
+from client.dicom_read import read_bounded
 from client.protocol import Backoff, Failure, TriageError
 from gateway import spool as spooling
 from gateway.results import ResultsLog
@@ -45,11 +46,10 @@ def model_card_fingerprint(client: TriageClient) -> str:
 
 
 def read_header(data: bytes) -> Dataset | None:
-    """The instance's header (no pixels), or None when it cannot be parsed."""
-    import pydicom
-
+    """The instance's header (no pixels), read with the client's bounds (element count,
+    inflation, attribute sizes), or None when it cannot be parsed or is a bomb."""
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        return read_bounded(data, keywords=None)
     except Exception:
         return None
 

@@ -524,6 +524,29 @@ def test_every_metric_of_the_hpa_rules_and_the_dashboard_is_exported_by_the_serv
     assert {ENSEMBLE_MODEL, PREPROCESS_MODEL} <= models
 
 
+@pytest.mark.parametrize("overlay", ["cpu", "loadtest"])
+def test_the_embedded_server_accepts_its_command_and_exposes_metrics(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    from server.triton import TLS, ServerConfig, check_exposure
+
+    command = container(rendered[overlay])["command"]
+    (host,) = flag_values(command, "--host")
+    (metrics_host,) = flag_values(command, "--metrics-host")
+    tls = flag_values(command, "--tls-cert")
+    config = ServerConfig(
+        Path("/models"),
+        host=host,
+        metrics_host=metrics_host,
+        admin_key="from the cxr-admin-key Secret",
+        tls=TLS(Path(tls[0]), Path(flag_values(command, "--tls-key")[0])) if tls else None,
+        insecure="--insecure" in command,
+    )
+    check_exposure(config)  # what `cxr serve` checks before it starts: no refusal
+    assert metrics_host == "0.0.0.0", "the ServiceMonitor scrapes the pod's address"
+    assert bool(tls) != ("--insecure" in command), "plain text only where asked for"
+
+
 # --- the autoscaling signal, measured -------------------------------------------------------
 @pytest.fixture
 def prometheus(triton: Any, tmp_path: Path) -> Iterator[str]:

@@ -204,8 +204,10 @@ def test_jpeg_comments_and_exif_do_not_reach_the_server(
         exif=exif,
         progressive=progressive,
     )
-    original = buffer.getvalue()
+    trailer = f"{patient['PatientName']} {patient['PatientID']}".encode()  # after EOI
+    original = buffer.getvalue() + trailer
     sent = server_payload(None, Prepared("x.jpg", original))
+    assert sent.endswith(b"\xff\xd9")
     assert patient["PatientName"].encode() not in sent
     assert patient["PatientID"].encode() not in sent
     assert np.array_equal(decode_image(sent), decode_image(original))

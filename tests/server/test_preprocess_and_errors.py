@@ -89,7 +89,7 @@ def test_errors_are_codes_and_short_reasons(served: Any, grpc: Any) -> None:
 
 def contract_codes() -> set[str]:
     """Codes a client may get from ``preprocess``: the decoder's, and ``decode_failed``."""
-    from client.imaging import DECODE_CODES
+    from client.decode_errors import DECODE_CODES
 
     return {*DECODE_CODES, "decode_failed"}
 
