@@ -213,7 +213,8 @@ def resume_plan(rows: Iterable[Row], inputs: dict[str, str | None]) -> tuple[lis
     keep = [
         row
         for source, row in latest.items()
-        if source not in inputs or (row_ok(row) and row.get("sha256") == inputs[source])
+        if source not in inputs
+        or (row_ok(row) and inputs[source] is not None and row.get("sha256") == inputs[source])
     ]
     done = {str(row["source"]) for row in keep}
     return keep, [source for source in inputs if source not in done]

@@ -80,7 +80,7 @@ class Forwarder:
             try:
                 self.send(keys[:BATCH])
                 failures = 0
-            except (ConnectionError, OSError) as err:
+            except Exception as err:  # the thread must outlive any failure: retried later
                 delay = backoff.delay(failures)
                 failures += 1
                 log.warning(
@@ -95,6 +95,7 @@ class Forwarder:
     def send(self, keys: list[str]) -> None:
         """Send the reports of ``keys`` over one association (ConnectionError when it fails)."""
         import pydicom
+        from pydicom.errors import InvalidDicomError
         from pynetdicom import AE
         from pynetdicom.sop_class import ComprehensiveSRStorage
         from pynetdicom.status import code_to_category
@@ -110,8 +111,15 @@ class Forwarder:
             for key in keys:
                 if self.stop.is_set():
                     return
-                report = pydicom.dcmread(self.spool.report_path(key))
-                status = assoc.send_c_store(report)
+                try:
+                    report = pydicom.dcmread(self.spool.report_path(key))
+                except (OSError, InvalidDicomError) as err:  # not the destination's fault
+                    self.spool.refused(key, f"report unreadable: {err}", give_up_after=1)
+                    continue
+                try:
+                    status = assoc.send_c_store(report)
+                except RuntimeError as err:  # pynetdicom: the association dropped
+                    raise ConnectionError(f"{self.destination}: {err}") from err
                 if "Status" not in status:
                     raise ConnectionError(f"{self.destination} did not answer a C-STORE")
                 category = code_to_category(status.Status)
