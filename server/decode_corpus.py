@@ -189,7 +189,8 @@ def corpus(syntaxes: list[str], count: int, *, seed: int = 0) -> list[Radiograph
 
 def reference_model_input(data: bytes, size: int) -> np.ndarray:
     """The straightforward decode: pydicom ``pixel_array``, modality and VOI LUT in float64,
-    min..max to uint8, MONOCHROME1 inverted, centre crop, Pillow antialiased bilinear resize.
+    min..max to uint8 (8-bit values with no LUT as stored, the project's display rule),
+    MONOCHROME1 inverted, centre crop, Pillow antialiased bilinear resize.
     Codecs are those the project's path uses, so the two differ only in what follows them."""
     import pydicom
     from PIL import Image
@@ -199,11 +200,20 @@ def reference_model_input(data: bytes, size: int) -> np.ndarray:
 
     ds = pydicom.dcmread(io.BytesIO(data))
     prefer_fast_codecs(ds)
-    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
-    values = np.asarray(values, dtype=np.float32)
-    low, high = float(values.min()), float(values.max())
-    gray = np.clip((values - low) * (255.0 / max(high - low, 1e-12)) + 0.5, 0, 255)
-    gray = gray.astype(np.uint8)
+    pixels = ds.pixel_array
+    plain = not any(k in ds for k in ("RescaleSlope", "RescaleIntercept", "WindowCenter"))
+    if (
+        pixels.dtype == np.uint8
+        and int(ds.BitsStored) >= 8
+        and plain
+        and "VOILUTSequence" not in ds
+    ):
+        gray = pixels  # the display rule: 8-bit values with no LUT are shown as stored
+    else:
+        values = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds), dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        gray = np.clip((values - low) * (255.0 / max(high - low, 1e-12)) + 0.5, 0, 255)
+        gray = gray.astype(np.uint8)
     if ds.PhotometricInterpretation == "MONOCHROME1":
         gray = 255 - gray
     side = min(gray.shape)
