@@ -31,7 +31,7 @@ def gateway(
     spool: Annotated[Path | None, typer.Option(help="Spool folder (created if missing).")] = None,
     ae_title: Annotated[str, typer.Option(help="The gateway's AE title.")] = "CXR_TRIAGE",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="DICOM port to listen on.")] = 11112,
     forward: Annotated[
         str | None, typer.Option(help="Send the reports to AE@HOST:PORT (e.g. the PACS).")
     ] = None,
@@ -48,7 +48,7 @@ def gateway(
         str | None, typer.Option(help="Served model (default: the ensemble's).")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Triage threads.")] = 2,
-    timeout: Annotated[float, typer.Option(help="Seconds per triage request.")] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds per triage request.")] = 10.0,
     ssl: Annotated[bool, typer.Option(help="TLS to the triage server.")] = False,
     root_cert: Annotated[Path | None, typer.Option(help="CA certificate (PEM).")] = None,
     client_cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,

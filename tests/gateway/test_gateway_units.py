@@ -114,3 +114,36 @@ def test_report_of_a_source_without_optional_patient_and_study_attributes() -> N
     facts = report_facts(buffer.getvalue())
     assert facts["finding"] == "No" and facts["sources"] == ["1.2.3.5"]
     assert "PatientBirthDate" not in header  # the source header is not modified
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--port", "0"], "--port"),
+        (["--timeout", "0"], "--timeout"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    spool = tmp_path / "spool"
+    command = [
+        sys.executable,
+        "-m",
+        "cxr",
+        "gateway",
+        "--url",
+        "127.0.0.1:1",
+        "--spool",
+        str(spool),
+    ]
+    done = subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not spool.exists()
