@@ -62,14 +62,33 @@ def own_repo(model_repo: Path, tmp_path: Path) -> Path:
     return copy
 
 
+#: How long :func:`slow_server`'s classifier holds a lone request, waiting for a full batch.
+SLOW_DELAY_US = 3_000_000
+
+
 @pytest.fixture
-def own_server(own_repo: Path) -> Iterator[Any]:
-    """A tritonserver of our own, for tests that may upset it: thousands of requests cancelled
-    at their deadline once left the shared server wedged (Triton 2.51; reported)."""
+def slow_server(own_repo: Path) -> Iterator[Any]:
+    """A tritonserver of our own whose deployed classifier holds every lone request for
+    :data:`SLOW_DELAY_US` (its batcher waits for a full batch, and no queue timeout rejects it):
+    a client deadline well below that expires whatever the machine's speed, a few requests at a
+    time (thousands of requests cancelled at 1 ms deadlines once crashed Triton 2.51)."""
+    from client import contract
+    from server.repository import CONFIG_FILE, config_text, read_config
     from server.triton import ServerConfig, TritonServer, free_port
 
-    config = ServerConfig(
+    ensemble = read_config(own_repo / contract.ENSEMBLE_MODEL / CONFIG_FILE)
+    deployed = own_repo / ensemble.parameters[contract.PARAM_DEPLOYED_MODEL].string_value
+    config = read_config(deployed / CONFIG_FILE)
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = SLOW_DELAY_US
+    del batching.preferred_batch_size[:]
+    batching.preferred_batch_size.append(config.max_batch_size)
+    batching.default_queue_policy.default_timeout_microseconds = 0
+    for policy in batching.priority_queue_policy.values():
+        policy.default_timeout_microseconds = 0
+    (deployed / CONFIG_FILE).write_text(config_text(config))
+    server_config = ServerConfig(
         own_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
     )
-    with TritonServer(config) as server:
+    with TritonServer(server_config) as server:
         yield server

@@ -51,10 +51,13 @@ def test_impossible_slo_exits_1_naming_the_breach(triton, loadtest_cli) -> None:
     assert "Aggregated" in done.stdout
 
 
-def test_request_timeouts_are_counted_as_failures(own_server, loadtest_cli, tmp_path: Path) -> None:
+def test_request_timeouts_are_counted_as_failures(
+    slow_server, loadtest_cli, tmp_path: Path
+) -> None:
+    # The server holds every request for 3 s: a 0.3 s deadline expires whatever the speed.
     prefix = tmp_path / "timeouts"
     done = loadtest_cli(
-        "run", "--url", own_server.grpc_url, *SHORT, "--timeout", "0.001", "--csv", str(prefix),
+        "run", "--url", slow_server.grpc_url, *SHORT, "--timeout", "0.3", "--csv", str(prefix),
         "--slo-p99-ms", "60000", "--slo-stat-p99-ms", "60000",
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
