@@ -20,14 +20,14 @@ Choices, in one place:
   min..max (RGB arrays become luminance first).
 - Colour becomes luminance with Pillow's RGB->L conversion in every format (colour DICOM too), with
   no contrast stretch; more than 8 bits per sample are scaled by a fixed factor.
-- Every expansion is bounded before it happens (:mod:`client.dicom_read`,
-  :mod:`client.codestream`, :mod:`client.dicom_lut`): inputs above
-  :data:`client.contract.MAX_FILE_BYTES` are refused unread; images above
-  :data:`client.contract.MAX_PIXELS` before their pixels are decoded (sizes read from the PNG
+- Every expansion is bounded before it happens (:mod:`cxr.client.dicom_read`,
+  :mod:`cxr.client.codestream`, :mod:`cxr.client.dicom_lut`): inputs above
+  :data:`cxr.client.contract.MAX_FILE_BYTES` are refused unread; images above
+  :data:`cxr.client.contract.MAX_PIXELS` before their pixels are decoded (sizes read from the PNG
   IHDR, JPEG SOF or JPEG 2000 SIZ, and for DICOM checked against the header); deflated datasets,
   element counts and palettes are capped. Pillow's own bomb guard stays on.
-- DICOM greyscale goes through one lookup table per file (:mod:`client.dicom_lut`), never a float
-  copy of the frame.
+- DICOM greyscale goes through one lookup table per file (:mod:`cxr.client.dicom_lut`), never a
+  float copy of the frame.
 - Model input: centre-crop to a square on the short side, a whole-factor box reduction that keeps
   it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize.
 """
@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from client.codestream import PNG_MAGIC, frame_size
-from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
-from client.decode_errors import ImageDecodeError, dicom_errors, why
-from client.dicom_lut import (
+from cxr.client.codestream import PNG_MAGIC, frame_size
+from cxr.client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
+from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
+from cxr.client.dicom_lut import (
     BAND_PIXELS,
     apply_lut,
     grayscale_lut,
@@ -108,7 +108,7 @@ def decode_image(data: bytes, *, square: bool = False) -> np.ndarray:
 
 
 def check_file_size(size: int) -> None:
-    """Refuse an input above :data:`client.contract.MAX_FILE_BYTES` (before reading it)."""
+    """Refuse an input above :data:`cxr.client.contract.MAX_FILE_BYTES` (before reading it)."""
     if size > MAX_FILE_BYTES:
         raise ImageDecodeError(
             "file_too_large",
@@ -201,11 +201,11 @@ def _check_pixel_count(width: int, height: int) -> None:
 
 def read_dicom(data: bytes) -> Dataset:
     """Parse DICOM bytes (with or without preamble and file meta) into a dataset of its pixel
-    attributes, every cost bounded (:mod:`client.dicom_read`); bad files raise
+    attributes, every cost bounded (:mod:`cxr.client.dicom_read`); bad files raise
     :class:`ImageDecodeError`."""
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    from client.dicom_read import read_bounded
+    from cxr.client.dicom_read import read_bounded
 
     try:
         ds = read_bounded(data)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from client import contract
-from client.decode_errors import DECODE_CODES
+from cxr.client import contract
+from cxr.client.decode_errors import DECODE_CODES
 
 log = logging.getLogger("client")
 
@@ -26,7 +26,7 @@ RETRYABLE = frozenset({"unavailable", "server_busy"})
 #: Triton's messages for a full queue and for a request rejected after its queue timeout.
 BUSY_MESSAGES = ("exceeds maximum queue size", "request timeout expired")
 #: A decoding error reported by the server's ``preprocess`` model: ``"..., <code>: <message>"``,
-#: with one of the decoder's codes (``client.decode_errors.ImageDecodeError``).
+#: with one of the decoder's codes (``cxr.client.decode_errors.ImageDecodeError``).
 _SERVER_DECODE_ERROR = re.compile(r"(?:^|, )([a-z][a-z0-9_]*): (.*)$", re.DOTALL)
 
 

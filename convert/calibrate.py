@@ -1,6 +1,6 @@
 """An INT8 variant chosen by the accuracy gate: the calibration method (minmax, entropy,
 percentile) whose model the gate judges best, then, if even that one fails, the fewest layers
-kept in float that make it pass (:mod:`convert.precision`)."""
+kept in float that make it pass (:mod:`cxr.convert.precision`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.gate import Assessment
-from convert.precision import SearchResult, search
-from convert.quantize import (
+from cxr.convert.gate import Assessment
+from cxr.convert.precision import SearchResult, search
+from cxr.convert.quantize import (
     CalibrationReader,
     float_nodes,
     layer_labels,

@@ -1,5 +1,5 @@
 """Accuracy gate: a reduced-precision variant is published only if it keeps FP32's accuracy,
-judged by paired statistics on the same images (:mod:`convert.paired`).
+judged by paired statistics on the same images (:mod:`cxr.convert.paired`).
 
 A variant is refused when, on the clean gate images or under any acquisition shift, the *upper
 bound* of its 95% interval of loss against FP32 exceeds a limit: AUC :data:`AUC_DROP_LIMIT`,
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import paired
-from convert.gateset import GateSet
-from convert.runtime import ort_session, run_probs
-from train import metrics
+from cxr.convert import paired
+from cxr.convert.gateset import GateSet
+from cxr.convert.runtime import ort_session, run_probs
+from cxr.train import metrics
 
 AUC_DROP_LIMIT = 0.005
 SENSITIVITY_DROP_LIMIT = 0.01

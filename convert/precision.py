@@ -2,7 +2,7 @@
 pass the accuracy gate.
 
 1. Sensitivity: each quantizable layer is quantized *alone* (every other one in float) and gated;
-   its score is the gate's worst loss bound over its limit (:attr:`convert.gate.Assessment.worst`).
+   its score is the gate's worst loss bound over its limit (``Assessment.worst``).
 2. Bisection over the layers ranked by that score: the shortest prefix whose float copy makes the
    model pass (the search polygraphy's ``debug precision`` makes, on a ranked order).
 3. Pruning: each kept layer, least sensitive first, is quantized again if the model still passes
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.gate import Assessment
+from cxr.convert.gate import Assessment
 
 #: ``(layers kept in float, destination) -> the quantized model's path``.
 Quantizer = Callable[[tuple[str, ...], Path], Path]

@@ -218,7 +218,7 @@ class Spool:
 
     # -- status --------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """How many instances are in each state (see :func:`gateway.status.summary`)."""
+        """How many instances are in each state (see :func:`cxr.gateway.status.summary`)."""
         with self._lock:
             states = dict(self._db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state"))
             reports = dict(

@@ -37,7 +37,7 @@ def user_runtime_dir() -> Path:
     return private_folder(Path(tempfile.gettempdir()) / f"cxr-triage-{os.geteuid()}")
 
 
-#: Environment variable naming the running server's private folder (set by ``server.triton`` for
+#: Environment variable naming the running server's private folder (set by ``cxr.server.triton`` for
 #: tritonserver and the Python-backend stubs it starts).
 RUNTIME_DIR_ENV = "CXR_RUNTIME_DIR"
 

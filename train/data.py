@@ -1,7 +1,7 @@
 """Datasets: Kermany-style folders, MedMNIST ``.npz`` files, and the image files inside them.
 
 Every format becomes the same :class:`Split`: uint8 images ``[N, 1, S, S]`` made with the shared
-decoding code (:mod:`client.imaging`), integer labels, and the class names in output order. The
+decoding code (:mod:`cxr.client.imaging`), integer labels, and the class names in output order. The
 normal class always comes first, so the triage score is ``1 - P(class 0)`` for any number of
 classes. Files that cannot be decoded are skipped and listed, never fatal for the others.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import DEFAULT_CLASSES, NEGATIVE_CLASS
-from client.imaging import ImageDecodeError, load_model_input, to_model_input
+from cxr.client.contract import DEFAULT_CLASSES, NEGATIVE_CLASS
+from cxr.client.imaging import ImageDecodeError, load_model_input, to_model_input
 
 SPLIT_NAMES = ("train", "val", "test")
 #: A validation split smaller than this (or than the carved one would be) is replaced by one

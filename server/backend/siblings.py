@@ -2,7 +2,7 @@
 
 Each instance of a Python-backend model is its own stub process, so an instance cannot see its
 siblings' state in memory. Instead, every instance owns a file in a folder shared by the
-instances of the model (in the server's private folder, ``server.private.server_runtime_dir``: a
+instances of the model (in the server's private folder, ``cxr.server.private.server_runtime_dir``: a
 ``mkdtemp`` folder of mode 0700 that ``cxr serve`` creates, so another local user can neither
 predict nor pre-create it; keyed by the server's pid, the model and its version) and holds an
 exclusive ``flock`` on it while it runs a batch; a sibling is running when a shared lock on its
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from server.private import server_runtime_dir
+from cxr.server.private import server_runtime_dir
 
 #: Lock folders are named ``PREFIX<server pid>-<model>-<version>``.
 PREFIX = "cxr-instances-"

@@ -1,4 +1,4 @@
-"""Fuzzed-input campaign for client.imaging.decode_image.
+"""Fuzzed-input campaign for cxr.client.imaging.decode_image.
 
 Property, for every input: ``decode_image`` returns a 2-D uint8 array or raises
 :class:`ImageDecodeError` with a known code and a readable message; never another exception type,
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from client.contract import MAX_PIXELS
-from client.imaging import ImageDecodeError, array_to_gray, decode_image, to_model_input
+from cxr.client.contract import MAX_PIXELS
+from cxr.client.imaging import ImageDecodeError, array_to_gray, decode_image, to_model_input
 
 _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:

@@ -1,4 +1,4 @@
-"""The client caps gRPC messages at the largest legitimate request (``client.contract``), so an
+"""The client caps gRPC messages at the largest legitimate request (``cxr.client.contract``), so an
 oversized request fails on the client with ``too_large`` instead of travelling to the server."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fuzz_inputs import png_bytes
 
-from client import TriageClient, contract
-from client.requests import Connection
+from cxr.client import TriageClient, contract
+from cxr.client.requests import Connection
 
 
 def test_the_caps_follow_the_contract() -> None:

@@ -1,4 +1,4 @@
-"""Tests for server.certs: a throw-away CA, server and client certificates for (mutual) TLS."""
+"""Tests for cxr.server.certs: a throw-away CA, server and client certificates for (mutual) TLS."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("cryptography", reason="server.certs needs cryptography (the certs extra)")
+pytest.importorskip("cryptography", reason="cxr.server.certs needs cryptography (the certs extra)")
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from server.certs import DevCerts, make_dev_certs
+from cxr.server.certs import DevCerts, make_dev_certs
 
 HOSTS = ("localhost", "cxr.example.test", "127.0.0.1", "::1")
 
