@@ -13,9 +13,19 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from cxr.client.options import (
+    ClientCert,
+    ClientKey,
+    RootCert,
+    Ssl,
+    Url,
+    fail,
+    tls_kwargs,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -24,21 +34,13 @@ if TYPE_CHECKING:
     from cxr.client.sync_client import TriageClient
 
 client_app = typer.Typer(no_args_is_help=True, help="Triage over gRPC, health, model listing.")
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def _stderr() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line each
-
-
-def fail(message: str) -> typer.Exit:
-    """Print an error and return the Exit(2) to raise."""
-    from rich.markup import escape
-
-    _stderr().print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(EXIT_USAGE)
 
 
 def expand_inputs(patterns: list[str], exclude: tuple[Path, ...] = ()) -> list[str]:
@@ -67,24 +69,6 @@ def _walk(folder: str) -> list[str]:
     return sorted(found) + [os.path.normpath(path) for path in unreadable]
 
 
-def _tls_kwargs(
-    ssl: bool, root_cert: Path | None, client_cert: Path | None, client_key: Path | None
-) -> dict[str, Any]:
-    if (client_cert is None) != (client_key is None):
-        raise fail("--client-cert and --client-key go together")
-    if not ssl and (root_cert or client_cert):
-        raise fail("certificates given without --ssl")
-    for path in (root_cert, client_cert, client_key):
-        if path is not None and not path.is_file():
-            raise fail(f"{path}: no such file")
-    return {
-        "ssl": ssl,
-        "root_certificates": str(root_cert) if root_cert else None,
-        "certificate_chain": str(client_cert) if client_cert else None,
-        "private_key": str(client_key) if client_key else None,
-    }
-
-
 def _log_to(console: Console) -> None:
     """Show the client's warnings (server unreachable, reachable again) on ``console``, one line
     each, above the progress bar."""
@@ -101,18 +85,13 @@ def _log_to(console: Console) -> None:
     logger.setLevel(logging.WARNING)
 
 
-UrlOption = Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")]
-SslOption = Annotated[bool, typer.Option("--ssl", help="Use TLS.")]
-RootCertOption = Annotated[Path | None, typer.Option(help="CA certificate (PEM).")]
-ClientCertOption = Annotated[Path | None, typer.Option(help="Client certificate: mutual TLS.")]
-ClientKeyOption = Annotated[Path | None, typer.Option(help="Client private key (PEM).")]
 TimeoutOption = Annotated[float, typer.Option(help="Deadline per request, seconds (retries in).")]
 
 
 @client_app.command("predict")
 def predict_command(
     paths: Annotated[list[str], typer.Argument(help="Files, folders or globs (PNG, JPEG, DICOM).")],
-    url: UrlOption = "localhost:8001",
+    url: Url = "localhost:8001",
     model: Annotated[str | None, typer.Option(help="Model (default: the deployed one).")] = None,
     priority: Annotated[str, typer.Option(help="routine or stat.")] = "routine",
     fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
@@ -130,10 +109,10 @@ def predict_command(
     server_preprocess: Annotated[
         bool, typer.Option(help="Send files to the ensemble (server decodes).")
     ] = False,
-    ssl: SslOption = False,
-    root_cert: RootCertOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
+    ssl: Ssl = False,
+    root_cert: RootCert = None,
+    client_cert: ClientCert = None,
+    client_key: ClientKey = None,
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Triage images: one row per input, a result or a specific error.
@@ -167,7 +146,7 @@ def predict_command(
         raise fail("--resume needs --out with --format jsonl, csv or json")
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
-    tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
+    tls = tls_kwargs(ssl, root_cert, client_cert, client_key)
     lock = None
     if out is not None:
         try:  # held until this process ends: no second run writes the same file
@@ -307,14 +286,14 @@ def _summary(
 
 @client_app.command("health")
 def health_command(
-    url: UrlOption = "localhost:8001",
+    url: Url = "localhost:8001",
     model: Annotated[
         str | None, typer.Option(help="Model that must be ready (default: the ensemble).")
     ] = None,
-    ssl: SslOption = False,
-    root_cert: RootCertOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
+    ssl: Ssl = False,
+    root_cert: RootCert = None,
+    client_cert: ClientCert = None,
+    client_key: ClientKey = None,
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Is the server live and ready, and the model? Exit 0 ready, 1 not ready, 2 unreachable."""
@@ -323,7 +302,7 @@ def health_command(
     from cxr.client.sync_client import TriageClient
 
     model = model or contract.ENSEMBLE_MODEL
-    tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
+    tls = tls_kwargs(ssl, root_cert, client_cert, client_key)
     with TriageClient(url, timeout=timeout, **tls) as triage:
         try:
             live, ready = triage.is_live(), triage.is_ready()
@@ -340,16 +319,16 @@ def health_command(
 
 @client_app.command("models")
 def models_command(
-    url: UrlOption = "localhost:8001",
+    url: Url = "localhost:8001",
     admin_key: Annotated[
         str | None,
         typer.Option(envvar="CXR_ADMIN_KEY", help="Admin key: lists the whole repository."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    ssl: SslOption = False,
-    root_cert: RootCertOption = None,
-    client_cert: ClientCertOption = None,
-    client_key: ClientKeyOption = None,
+    ssl: Ssl = False,
+    root_cert: RootCert = None,
+    client_cert: ClientCert = None,
+    client_key: ClientKey = None,
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Models, versions, ready state, inputs and outputs.
@@ -366,7 +345,7 @@ def models_command(
 
     if fmt not in ("table", "json"):
         raise fail(f"--format must be table or json, not {fmt!r}")
-    tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
+    tls = tls_kwargs(ssl, root_cert, client_cert, client_key)
     if admin_key and not ssl and not is_loopback(url_host(url)):
         raise fail(f"--admin-key to {url} needs --ssl: the key is never sent in clear")
     with TriageClient(url, timeout=timeout, headers=admin_headers(admin_key), **tls) as triage:

@@ -31,8 +31,19 @@ PREPROCESS_MODEL = "preprocess"
 CLASSIFIER_PREFIX = "pneumonia_"
 #: Variants served by the embedded CPU server (Python backend running onnxruntime).
 CPU_VARIANTS = ("fp32", "int8")
-#: Variants served as TensorRT plans on GPU servers.
-TENSORRT_VARIANTS = ("trt_fp16", "trt_int8")
+#: Variants served as TensorRT plans on GPU servers: ``trt_`` and the precision.
+TENSORRT_PREFIX = "trt_"
+TENSORRT_VARIANTS = (f"{TENSORRT_PREFIX}fp16", f"{TENSORRT_PREFIX}int8")
+
+
+def tensorrt_variant(precision: str) -> str:
+    """The TensorRT variant of a precision, e.g. ``int8`` -> ``trt_int8``."""
+    return f"{TENSORRT_PREFIX}{precision}"
+
+
+def is_tensorrt(variant: str) -> bool:
+    """Whether a variant is served as a TensorRT plan."""
+    return variant.startswith(TENSORRT_PREFIX)
 
 
 def classifier_model(variant: str) -> str:

@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cxr.client.files import write_atomic
 from cxr.client.protocol import Result
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class RowWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         initial = io.StringIO()
         self._begin(initial)
-        atomic_write(path, initial.getvalue())
+        write_atomic(path, initial.getvalue())
         self._stream = path.open("a", encoding="utf-8", newline="")
         if self._csv is not None:
             self._csv = csv.DictWriter(self._stream, fieldnames=COLUMNS, lineterminator="\n")
@@ -303,7 +304,7 @@ class RowWriter:
             if self.path is None:
                 sys.stdout.write(text)
             else:
-                atomic_write(self.path, text)
+                write_atomic(self.path, text)
                 journal_path(self.path).unlink(missing_ok=True)
         else:
             render_table(self.rows, self.path)
@@ -344,14 +345,4 @@ def print_table(table: Table, path: Path | None = None) -> None:
     else:
         buffer = io.StringIO()
         Console(file=buffer, width=TABLE_WIDTH, highlight=False).print(table)
-        atomic_write(path, buffer.getvalue())
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: written aside, synced to disk, then renamed over it."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+        write_atomic(path, buffer.getvalue())

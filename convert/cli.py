@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cxr.client.options import fail
+
 console = Console(stderr=True)
 
 
@@ -115,8 +117,7 @@ def convert_command(
         report = convert_run(run_dir, repo, work_dir, options)
     except (ConversionError, QuantizationError, ValueError) as err:
         # ValueError covers RunDirError (bad run directory) and DatasetError (bad data).
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(2) from err
+        raise fail(str(err)) from err
     typer.echo(markdown(report))
     for path in report["files"]:
         console.print(f"wrote {path}", highlight=False)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.client.contract import IMAGE, PROBS
-from cxr.convert.runtime import CARD_METADATA_KEY, ort_session, run_probs
+from cxr.client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS, PROBS_TRITON_DTYPE
+from cxr.runtime.sessions import CARD_METADATA_KEY, ort_session, run_probs
+from cxr.runtime.tensors import onnx_type
 from cxr.train.card import ModelCard
 
 #: Opset 19 or later: needed for INT8 Q/DQ that TensorRT accepts, and for uint8 Cast inputs.
@@ -71,7 +72,7 @@ def contract_problems(proto) -> list[str]:
     """How an ONNX model's inputs and outputs differ from the contract (empty: they match)."""
     import onnx
 
-    wanted = {IMAGE: onnx.TensorProto.UINT8, PROBS: onnx.TensorProto.FLOAT}
+    wanted = {IMAGE: onnx_type(IMAGE_TRITON_DTYPE), PROBS: onnx_type(PROBS_TRITON_DTYPE)}
     graph = proto.graph
     found = {t.name: t.type.tensor_type.elem_type for t in [*graph.input, *graph.output]}
     return [

@@ -17,7 +17,7 @@ import numpy as np
 
 from cxr.convert import paired
 from cxr.convert.gateset import GateSet
-from cxr.convert.runtime import ort_session, run_probs
+from cxr.runtime.sessions import ort_session, run_probs
 from cxr.train import metrics
 
 AUC_DROP_LIMIT = 0.005

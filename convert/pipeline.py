@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.client.contract import CLASSIFIER_PREFIX, classifier_model
+from cxr.client.contract import (
+    CLASSIFIER_PREFIX,
+    classifier_model,
+    is_tensorrt,
+    tensorrt_variant,
+)
 from cxr.convert import gate, tensorrt
 from cxr.convert.calibrate import Int8Result
 from cxr.convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
@@ -24,6 +29,7 @@ from cxr.convert.gateset import PERTURBATIONS, GateSet, base_images, with_pertur
 from cxr.convert.paired import CONFIDENCE
 from cxr.convert.quantize import CalibrationReader
 from cxr.convert.report import write_report
+from cxr.runtime.engines import stamp_path
 from cxr.server.repository import (
     CONFIG_FILE,
     ONNX_FILE,
@@ -45,9 +51,11 @@ TENSORRT_MODES = ("auto", "on", "off")
 DESCRIPTIONS = {
     "fp32": "FP32 reference (onnxruntime CPU)",
     "int8": "INT8 QDQ, uint8 activations, int8 per-channel weights (onnxruntime CPU)",
-    "trt_int8": "INT8 QDQ symmetric: int8 activations (zero point 0), int8 per-channel weights "
-    "(TensorRT input)",
-    "trt_fp16": "FP16 weights and arithmetic, float32/uint8 I/O (TensorRT input)",
+    tensorrt_variant("int8"): (
+        "INT8 QDQ symmetric: int8 activations (zero point 0), int8 per-channel weights "
+        "(TensorRT input)"
+    ),
+    tensorrt_variant("fp16"): "FP16 weights and arithmetic, float32/uint8 I/O (TensorRT input)",
 }
 #: Beside the model folder, as docker/build_engines.sh keeps it.
 TIMING_CACHE = "timing.cache"
@@ -120,7 +128,7 @@ class Variant:
     @property
     def tensorrt(self) -> bool:
         """Whether it is a TensorRT engine input."""
-        return self.name.startswith("trt_")
+        return is_tensorrt(self.name)
 
 
 def convert_run(
@@ -227,20 +235,20 @@ def _wanted_variants(opts: ConvertOptions) -> list[str]:
     if "int8" in opts.precisions:
         wanted.append("int8")
     if opts.tensorrt != "off":
-        wanted += [f"trt_{p}" for p in ("int8", "fp16") if p in opts.precisions]
+        wanted += [tensorrt_variant(p) for p in ("int8", "fp16") if p in opts.precisions]
     return wanted
 
 
 def _quantized(wanted: list[str]) -> bool:
     """Whether any wanted variant is INT8 (and so needs calibration)."""
-    return bool({"int8", "trt_int8"} & set(wanted))
+    return bool({"int8", tensorrt_variant("int8")} & set(wanted))
 
 
 def _not_made(opts: ConvertOptions) -> dict[str, str]:
     if opts.tensorrt != "off":
         return {}
     return {
-        classifier_model(f"trt_{p}"): "--tensorrt off: no TensorRT variant is made"
+        classifier_model(tensorrt_variant(p)): "--tensorrt off: no TensorRT variant is made"
         for p in ("int8", "fp16")
         if p in opts.precisions
     }
@@ -321,12 +329,12 @@ def _make_variants(
         cache_path(work, method).unlink(missing_ok=True)
     for name in wanted:
         path = work / f"model_{name}.onnx"
-        if name == "trt_fp16":
+        if name == tensorrt_variant("fp16"):
             variant = Variant(name, convert_fp16(fp32, path))
             _finish(variant, card)
             variant.assessment = judge(path)
         else:
-            flavour = "tensorrt" if name == "trt_int8" else "cpu"
+            flavour = "tensorrt" if name == tensorrt_variant("int8") else "cpu"
             result = make_int8(prepared, work, name, flavour, reader, methods, judge, repair)
             shutil.copyfile(result.path, path)
             variant = Variant(name, path, result.assessment, result)
@@ -400,7 +408,7 @@ def _verdict(assessment: gate.Assessment) -> dict:
 
 
 def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
-    from cxr.convert.bench import bench_onnx
+    from cxr.bench.onnx import bench_onnx
 
     for variant in variants:
         full = variant.record.get("full_int8")
@@ -453,7 +461,7 @@ def _engine(folder: Path, card: dict, opts: ConvertOptions, trt_missing: str | N
     plan = folder / VERSION / PLAN_FILE
     stale = plan.is_file()  # built from an earlier ONNX: never serve it with the new config
     plan.unlink(missing_ok=True)
-    tensorrt.stamp_path(plan).unlink(missing_ok=True)
+    stamp_path(plan).unlink(missing_ok=True)
     note = ". Removed the plan built from an earlier ONNX" if stale else ""
     if trt_missing:
         return {

@@ -1,9 +1,9 @@
 """Root of the ``cxr`` command.
 
-Sub-commands live beside the code they drive (``cxr.client.cli``, ``cxr.train.cli``, ...) and are imported
-only when named on the command line, so ``cxr client predict --help`` never pays for torch or onnx,
-and a client-only install can run ``cxr client`` while the other commands explain which extra to
-install.
+Each sub-command has one module, named in :data:`SUBCOMMANDS` (``cxr serve`` ->
+``cxr.server.serve_cli``), and is imported only when named on the command line, so
+``cxr client predict --help`` never pays for torch or onnx, and a client-only install can run
+``cxr client`` while the other commands explain which extra to install.
 """
 
 from __future__ import annotations
@@ -15,25 +15,15 @@ import typer
 
 # name -> (module, attribute, extra that provides it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str | None, str]] = {
-    "data": ("cxr.train.cli", "data_app", "train", "Make or inspect datasets (synthetic X-rays)."),
+    "data": ("cxr.train.data_cli", "data_app", "train", "Make or inspect datasets."),
     "train": ("cxr.train.cli", "train_command", "train", "Fine-tune an ImageNet backbone."),
-    "evaluate": ("cxr.train.cli", "evaluate_command", "train", "Clinical metrics for a model."),
-    "convert": (
-        "cxr.convert.cli",
-        "convert_command",
-        "convert",
-        "ONNX, INT8/FP16, TensorRT, gate.",
-    ),
-    "bench": ("cxr.server.bench_cli", "bench_app", "convert", "In-process and served benchmarks."),
-    "repo": ("cxr.server.cli", "repo_app", None, "Build and check the Triton model repository."),
-    "serve": ("cxr.server.cli", "serve_command", "serve", "Run the embedded Triton server."),
-    "certs": ("cxr.server.cli", "certs_app", "certs", "Throw-away TLS certificates for testing."),
-    "client": (
-        "cxr.client.cli",
-        "client_app",
-        None,
-        "Predict, health and model listing over gRPC.",
-    ),
+    "evaluate": ("cxr.train.evaluate_cli", "evaluate_command", "train", "Clinical metrics."),
+    "convert": ("cxr.convert.cli", "convert_command", "convert", "ONNX, INT8/FP16, TensorRT."),
+    "bench": ("cxr.bench.cli", "bench_app", "convert", "In-process and served benchmarks."),
+    "repo": ("cxr.server.repo_cli", "repo_app", None, "Build and check the model repository."),
+    "serve": ("cxr.server.serve_cli", "serve_command", "serve", "Run the embedded Triton."),
+    "certs": ("cxr.server.certs_cli", "certs_app", "certs", "Throw-away TLS certificates."),
+    "client": ("cxr.client.cli", "client_app", None, "Predict, health and models over gRPC."),
     "gateway": ("cxr.gateway.cli", "gateway_app", "gateway", "DICOM gateway: C-STORE in, SR out."),
     "loadtest": ("cxr.loadtest.cli", "loadtest_app", "loadtest", "Locust load tests and sweeps."),
 }

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cxr.client.files import write_atomic
 
 STATE_FILE = "state.sqlite"
 INSTANCES = "instances"
@@ -58,21 +59,6 @@ def instance_key(sop_uid: str, digest: str) -> str:
 def uid_hash(uid: str | None) -> str | None:
     """A non-identifying handle for a UID in logs (short SHA-256)."""
     return hashlib.sha256(uid.encode()).hexdigest()[:16] if uid else None
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically and fsync the file and its folder."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 @dataclass
@@ -135,7 +121,7 @@ class Spool:
             if known:
                 self._db.execute("UPDATE instances SET copies=copies+1 WHERE key=?", (key,))
                 return False
-        write_durably(self.instance_path(key), file_bytes)
+        write_atomic(self.instance_path(key), file_bytes)
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO instances (key, sop_uid, sop_class, digest, calling_ae, "

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr.client.decode_errors import DECODE_CODES
 from cxr.client.dicom_read import read_bounded
+from cxr.client.files import write_atomic
 from cxr.client.protocol import Backoff, Failure, TriageError
 from cxr.gateway import spool as spooling
 from cxr.gateway.results import ResultsLog
@@ -176,7 +177,7 @@ class TriageWorkers:
             report = build_report(header, item.digest, prediction, algorithm, self.ae_title)
             buffer = io.BytesIO()
             report.save_as(buffer, enforce_file_format=True)
-            spooling.write_durably(self.spool.report_path(item.key), buffer.getvalue())
+            write_atomic(self.spool.report_path(item.key), buffer.getvalue())
             row["report_uid"] = str(report.SOPInstanceUID)
             sr_state = spooling.SR_PENDING if self.forwarding else spooling.SR_KEPT
         except (AttributeError, TypeError, ValueError) as err:  # a header highdicom cannot use

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cxr.client.options import Url, fail
 from cxr.loadtest.memory import ProcessGoneError, RssReport, RssSampler
 from cxr.loadtest.runner import (
     REQUEST_NAMES,
@@ -31,7 +32,6 @@ loadtest_app = typer.Typer(no_args_is_help=True, help="Locust load tests over gR
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-Url = Annotated[str, typer.Option(help="Server gRPC HOST:PORT.")]
 Model = Annotated[
     str | None, typer.Option(help="Model; the ensemble means its deployed classifier.")
 ]
@@ -45,12 +45,6 @@ Images = Annotated[
     Path | None, typer.Option(help="Folder of real images as payloads (default: synthetic).")
 ]
 Timeout = Annotated[float, typer.Option(help="Request deadline, seconds.", min=0.001)]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print an error and return the Exit(2) to raise."""
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
 
 
 def seconds(option: str, text: str, positive: bool = True) -> float:

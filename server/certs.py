@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxr.client.files import write_atomic
 
 CA_CERT = "ca.crt"
 SERVER_CERT = "server.crt"
@@ -165,22 +165,9 @@ def make_dev_certs(
         client_cert=out_dir / CLIENT_CERT,
         client_key=out_dir / CLIENT_KEY,
     )
-    _write(certs.server_key, key_pem(server_key), 0o600)
-    _write(certs.client_key, key_pem(client_key), 0o600)
-    _write(certs.ca_cert, cert_pem(ca_cert), 0o644)
-    _write(certs.server_cert, cert_pem(server_cert), 0o644)
-    _write(certs.client_cert, cert_pem(client_cert), 0o644)
+    write_atomic(certs.server_key, key_pem(server_key), 0o600)
+    write_atomic(certs.client_key, key_pem(client_key), 0o600)
+    write_atomic(certs.ca_cert, cert_pem(ca_cert), 0o644)
+    write_atomic(certs.server_cert, cert_pem(server_cert), 0o644)
+    write_atomic(certs.client_cert, cert_pem(client_cert), 0o644)
     return certs
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` atomically; the file has ``mode`` from the moment it exists."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

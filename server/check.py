@@ -17,7 +17,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr.client import contract
-from cxr.convert.tensorrt import sha256, stamp_path
+from cxr.runtime.engines import sha256, stamp_path
+from cxr.runtime.tensors import config_tensor, onnx_signature, signature_problems
 from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -29,9 +30,6 @@ from cxr.server.repository import (
     VERSION,
     read_config,
 )
-
-#: ONNX element types (onnx.TensorProto) of the contract's dtypes.
-ONNX_DTYPES = {1: "FP32", 2: "UINT8", 10: "FP16"}
 
 
 @dataclass
@@ -165,32 +163,11 @@ def _check_onnx(name: str, path: Path, config: mc.ModelConfig) -> list[Problem]:
     except Exception as err:  # onnx raises DecodeError, ValidationError, OSError ...
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return [Problem(name, f"{path} is not a valid ONNX model: {reason}")]
-    found = []
-    graph_io = {t.name: t for t in [*model.graph.input, *model.graph.output]}
-    for tensor in [*config.input, *config.output]:
-        onnx_tensor = graph_io.get(tensor.name)
-        if onnx_tensor is None:
-            found.append(
-                Problem(name, f"{path} has no tensor {tensor.name!r} (it has {sorted(graph_io)})")
-            )
-            continue
-        kind = onnx_tensor.type.tensor_type
-        dtype = ONNX_DTYPES.get(kind.elem_type, f"ONNX type {kind.elem_type}")
-        config_dtype = mc.DataType.Name(tensor.data_type).removeprefix("TYPE_")
-        if dtype != config_dtype:
-            found.append(
-                Problem(name, f"{path}: {tensor.name} is {dtype}, the config says {config_dtype}")
-            )
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim][1:]
-        if dims != list(tensor.dims):
-            found.append(
-                Problem(
-                    name,
-                    f"{path}: {tensor.name} has shape [N, {', '.join(map(str, dims))}], the "
-                    f"config says [N, {', '.join(map(str, tensor.dims))}]",
-                )
-            )
-    return found
+    wanted = [
+        config_tensor(t.name, mc.DataType.Name(t.data_type), t.dims)
+        for t in [*config.input, *config.output]
+    ]
+    return [Problem(name, p) for p in signature_problems(str(path), onnx_signature(model), wanted)]
 
 
 def _check_engine(

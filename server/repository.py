@@ -87,7 +87,7 @@ class Classifier:
     @property
     def tensorrt(self) -> bool:
         """Whether this variant is served as a TensorRT plan."""
-        return self.variant.startswith("trt_")
+        return contract.is_tensorrt(self.variant)
 
 
 def config_text(config: mc.ModelConfig) -> str:
@@ -319,13 +319,13 @@ def publish_front(repo: Path, deployed: Classifier) -> None:
 
 def classifiers_in(repo: Path) -> list[Classifier]:
     """The classifier variants present in a repository, their cards read from the ONNX files."""
-    from cxr.convert.runtime import CARD_METADATA_KEY
+    from cxr.runtime.sessions import CARD_METADATA_KEY
 
     found = []
     for folder in sorted(repo.glob(f"{contract.CLASSIFIER_PREFIX}*")):
         variant = folder.name[len(contract.CLASSIFIER_PREFIX) :]
         onnx_path = (
-            folder / ONNX_FILE if variant.startswith("trt_") else folder / VERSION / ONNX_FILE
+            folder / ONNX_FILE if contract.is_tensorrt(variant) else folder / VERSION / ONNX_FILE
         )
         if not onnx_path.is_file():
             continue

@@ -92,7 +92,7 @@ def _run_dir(path: Path) -> Predictor:
 
 
 def _onnx(path: Path, threshold: float | None) -> Predictor:
-    from cxr.convert.runtime import onnx_card, onnx_image_size, ort_session, run_probs
+    from cxr.runtime.sessions import onnx_card, onnx_image_size, ort_session, run_probs
 
     try:
         session = ort_session(path)

@@ -22,12 +22,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.client.contract import IMAGE, PROBS
+from cxr.runtime.sessions import ort_session
+from cxr.runtime.tensors import config_tensor, session_signature, signature_problems
 from cxr.server.backend.config import intra_op_threads, model_parameters, version_dir
 from cxr.server.backend.siblings import Siblings
 from cxr.server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
-
-#: onnxruntime's names of the dtypes in the contract.
-ORT_TYPES = {"TYPE_UINT8": "tensor(uint8)", "TYPE_FP32": "tensor(float)"}
 
 
 class ModelLoadError(RuntimeError):
@@ -36,8 +35,6 @@ class ModelLoadError(RuntimeError):
 
 def open_session(path: Any, threads: int, spin: bool) -> Any:
     """An onnxruntime session of ``path``, or a :class:`ModelLoadError` saying what is wrong."""
-    from cxr.convert.runtime import ort_session
-
     if not path.is_file():
         raise ModelLoadError(f"model file {path} is missing (run `cxr convert`)")
     try:
@@ -49,24 +46,13 @@ def open_session(path: Any, threads: int, spin: bool) -> Any:
 
 def check_io(session: Any, config: dict[str, Any], path: Any) -> None:
     """Raise :class:`ModelLoadError` when the ONNX inputs/outputs differ from the config's."""
-    graph = {t.name: t for t in [*session.get_inputs(), *session.get_outputs()]}
-    for tensor in [*config["input"], *config["output"]]:
-        name, dims = tensor["name"], [int(d) for d in tensor["dims"]]
-        found = graph.get(name)
-        if found is None:
-            raise ModelLoadError(f"{path} has no tensor {name!r} (it has {sorted(graph)})")
-        want_type = ORT_TYPES.get(tensor["data_type"], tensor["data_type"])
-        if found.type != want_type:
-            raise ModelLoadError(f"{path}: {name} is {found.type}, the config says {want_type}")
-        shape = [d if isinstance(d, int) else -1 for d in found.shape[1:]]
-        if shape != dims:
-            raise ModelLoadError(
-                f"{path}: {name} has shape {_dims(shape)}, the config says {_dims(dims)}"
-            )
-
-
-def _dims(dims: list[int]) -> str:
-    return "[" + ", ".join(["N", *map(str, dims)]) + "]"
+    wanted = [
+        config_tensor(t["name"], t["data_type"], t["dims"])
+        for t in [*config["input"], *config["output"]]
+    ]
+    problems = signature_problems(str(path), session_signature(session), wanted)
+    if problems:
+        raise ModelLoadError(problems[0])
 
 
 class TritonPythonModel:

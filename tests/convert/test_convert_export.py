@@ -10,7 +10,7 @@ import pytest
 
 from cxr.client.contract import IMAGE, PROBS
 from cxr.convert.export import OPSET, contract_problems, export_onnx, torch_parity
-from cxr.convert.runtime import onnx_card, ort_session, run_probs
+from cxr.runtime.sessions import onnx_card, ort_session, run_probs
 
 
 @pytest.fixture(scope="module")

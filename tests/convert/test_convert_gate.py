@@ -15,7 +15,7 @@ import pytest
 from cxr.client.contract import ENSEMBLE_MODEL, PARAM_DEPLOYED_MODEL
 from cxr.convert import gate
 from cxr.convert.pipeline import ConvertOptions, convert_run
-from cxr.convert.runtime import CARD_METADATA_KEY
+from cxr.runtime.sessions import CARD_METADATA_KEY
 from cxr.server.repository import CONFIG_FILE, read_config
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from cxr.convert import tensorrt
 from cxr.convert.pipeline import ConversionError, ConvertOptions, convert_run
+from cxr.runtime.engines import sha256
 from cxr.server.repository import CONFIG_FILE, read_config
 
 MISSING = tensorrt.unavailable()
@@ -49,7 +50,7 @@ def test_engine_is_built_with_its_stamp(converted: dict, name: str, tmp_path: Pa
     plan = Path(record["engine"]["plan"])
     assert plan.stat().st_size > 0
     stamp = json.loads(plan.with_name("model.plan.json").read_text())
-    assert stamp["onnx_sha256"] == tensorrt.sha256(plan.parent.parent / "model.onnx")
+    assert stamp["onnx_sha256"] == sha256(plan.parent.parent / "model.onnx")
     for key in ("tensorrt_version", "compute_capability", "built_at", "max_batch"):
         assert stamp[key], key
     assert (plan.parent.parent / "timing.cache").is_file()

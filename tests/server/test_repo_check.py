@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cxr.client import contract
 from cxr.server.check import check_repository
-from cxr.server.cli import repo_app
+from cxr.server.repo_cli import repo_app
 from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -66,7 +66,7 @@ def add_engine(repo: Path, stamp: dict[str, Any] | None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from cxr.convert.tensorrt import sha256
+    from cxr.runtime.engines import sha256
 
     return sha256(path)
 

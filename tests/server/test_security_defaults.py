@@ -133,7 +133,7 @@ def test_metrics_bind_loopback_unless_asked(cpu_repo: Path, dev_certs: Any) -> N
 @pytest.fixture(scope="module")
 def serve_app() -> typer.Typer:
     """``cxr serve`` as a Typer app run in this process (refusals need no server)."""
-    from cxr.server.cli import serve_command
+    from cxr.server.serve_cli import serve_command
 
     app = typer.Typer()
     app.command()(serve_command)

@@ -261,7 +261,7 @@ def test_a_signal_while_starting_stops_everything(cpu_repo: Path) -> None:
 @pytest.fixture(scope="module")
 def serve_app() -> typer.Typer:
     """``cxr serve`` as a Typer app, to run in this process (its refusals need no subprocess)."""
-    from cxr.server.cli import serve_command
+    from cxr.server.serve_cli import serve_command
 
     app = typer.Typer()
     app.command()(serve_command)

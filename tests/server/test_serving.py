@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from cxr.client import contract
 from cxr.client.contract import GRPC_ADMIN_HEADER
 from cxr.client.imaging import load_model_input
-from cxr.convert.runtime import ort_session
+from cxr.runtime.sessions import ort_session
 from cxr.server.repository import CONFIG_FILE, ONNX_FILE, VERSION, read_config
 
 #: Bound on any single call of these tests: nothing may hang.

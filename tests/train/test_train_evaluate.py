@@ -91,7 +91,7 @@ def test_onnx_without_a_card_needs_a_threshold(
 ) -> None:
     import onnx
 
-    from cxr.convert.runtime import CARD_METADATA_KEY
+    from cxr.runtime.sessions import CARD_METADATA_KEY
 
     proto = onnx.load(str(onnx_file))
     kept = [p for p in proto.metadata_props if p.key != CARD_METADATA_KEY]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.client.contract import IMAGE, PROBS
-from cxr.convert.runtime import onnx_image_size, ort_session
+from cxr.runtime.sessions import onnx_image_size, ort_session
 
 WARMUP_RUNS = 3
 
@@ -17,7 +17,7 @@ def bench_onnx(
     path: Path, batches: list[int], seconds: float, threads: int | None = None, spin: bool = True
 ) -> list[dict]:
     """Run ``path`` on random uint8 images for about ``seconds`` per batch size (``threads`` and
-    ``spin`` as in :func:`cxr.convert.runtime.ort_session`).
+    ``spin`` as in :func:`cxr.runtime.sessions.ort_session`).
 
     One row per batch size: ``batch``, ``runs``, ``images_per_s`` and latency percentiles of one
     run (``p50_ms``, ``p95_ms``, ``p99_ms``).

@@ -1,60 +1,30 @@
-"""``cxr bench decode``: the project's decode path against the straightforward one, on full-size
-radiographs it generates, registered on the ``cxr bench`` app of :mod:`cxr.convert.bench_cli`."""
+"""The project's decode path against the straightforward one, on full-size radiographs it
+generates (``cxr bench decode``)."""
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
-
-import typer
-
-from cxr.convert.bench_cli import bench_app, console, print_rows
 
 
-@bench_app.command("decode")
-def decode_command(
-    size: Annotated[int, typer.Option(min=8, help="Model input side (px).")] = 224,
-    syntax: Annotated[
-        list[str] | None,
-        typer.Option(help="Transfer syntax to include (repeatable; default: every one)."),
-    ] = None,
-    count: Annotated[int, typer.Option(min=1, help="Images per syntax (12/16-bit, MONO1/2).")] = 4,
-    repeat: Annotated[int, typer.Option(min=1, help="Timed decodes per image (median).")] = 3,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-) -> None:
-    """ms/image and decoded MP/s (one core) of ``load_model_input`` and of the reference
-    (pydicom pixel_array + modality/VOI LUT + Pillow resize) on generated 2000-3000 px DICOMs,
-    with the speed-up, and how far each is from just reading the file."""
-    from cxr.server.decode_corpus import SYNTAXES, can_encode
-
-    names = syntax or list(SYNTAXES)
-    unknown = sorted(set(names) - set(SYNTAXES))
-    if unknown:
-        raise typer.BadParameter(f"unknown syntax {unknown}; choose from {', '.join(SYNTAXES)}")
-    skipped = {name: why for name in names if (why := can_encode(name))}
-    for name, why in skipped.items():
-        console.print(f"[yellow]skipping {name}: {why}[/yellow]")
-    rows = bench_decode([n for n in names if n not in skipped], size, count, repeat)
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
-    elif rows:
-        print_rows(f"decode to {size}x{size}, one core, median of {repeat}", rows)
-
-
-def bench_decode(syntaxes: list[str], size: int, count: int, repeat: int) -> list[dict]:
+def bench_decode(
+    syntaxes: list[str],
+    size: int,
+    count: int,
+    repeat: int,
+    say: Callable[[str], object] = lambda _: None,
+) -> list[dict]:
     """One row per (syntax, bits stored): read / fast / reference ms per image and MP/s."""
+    from cxr.bench.decode_corpus import corpus, reference_model_input
     from cxr.client.imaging import load_model_input
-    from cxr.server.decode_corpus import corpus, reference_model_input
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-bench-decode-") as folder:
         for name in syntaxes:
-            console.print(f"generating {count} {name} radiographs ...")
+            say(f"generating {count} {name} radiographs ...")
             images = corpus([name], count)
             groups: dict[int, list[dict[str, float]]] = {}
             for image in images:

@@ -1,8 +1,7 @@
-"""``cxr serve``, ``cxr repo build|check`` and ``cxr certs dev``."""
+"""``cxr serve``: run the embedded Triton server on a model repository."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -12,70 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cxr.client.options import fail
+from cxr.server.repo_cli import DEFAULT_REPO
+
 console = Console(stderr=True, soft_wrap=True)
-repo_app = typer.Typer(no_args_is_help=True, help="Build and check the Triton model repository.")
-certs_app = typer.Typer(no_args_is_help=True, help="Throw-away TLS certificates for testing.")
-DEFAULT_REPO = Path("model_repository")
-
-
-def fail(message: str) -> typer.Exit:
-    """Print an error and return the Exit(2) to raise."""
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    return typer.Exit(2)
-
-
-@repo_app.command("build")
-def build_command(
-    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = DEFAULT_REPO,
-    deploy: Annotated[
-        str | None, typer.Option(help="Variant the ensemble routes to (default: int8, else fp32).")
-    ] = None,
-) -> None:
-    """Rewrite every config from the models present (cards read from the ONNX metadata)."""
-    from cxr.server.repository import classifiers_in, deployable, publish_classifier, publish_front
-
-    classifiers = classifiers_in(repo)
-    if not classifiers:
-        raise fail(f"{repo}: no classifier ONNX found (run `cxr convert RUN_DIR --repo {repo}`)")
-    for clf in classifiers:
-        publish_classifier(repo, clf)
-    try:
-        deployed = deployable([c for c in classifiers if not c.tensorrt], deploy)
-    except ValueError as err:
-        raise fail(str(err)) from err
-    publish_front(repo, deployed)
-    console.print(f"wrote {len(classifiers)} classifier(s); ensemble routes to {deployed.name}")
-
-
-@repo_app.command("check")
-def check_command(
-    repo: Annotated[Path, typer.Argument(help="Model repository folder.")] = DEFAULT_REPO,
-    gpu_cc: Annotated[
-        str | None, typer.Option(help="GPU compute capability engines must match, e.g. 9.0.")
-    ] = None,
-    tensorrt_version: Annotated[
-        str | None,
-        typer.Option(help="TensorRT version engines must match (default: the installed one)."),
-    ] = None,
-    engines: Annotated[
-        bool,
-        typer.Option(help="Check TensorRT models; --no-engines: the embedded CPU server's view."),
-    ] = True,
-) -> None:
-    """Check configs, files, ONNX I/O, the ensemble and engines; exit 1 listing every problem."""
-    from cxr.server.check import check_repository
-
-    problems = check_repository(repo, gpu_cc, tensorrt_version, engines)
-    for problem in problems:
-        console.print(f"[red]x[/red] {escape(str(problem))}", highlight=False)
-    if problems:
-        console.print(f"{len(problems)} problem(s) in {repo}", highlight=False)
-        raise typer.Exit(1)
-    console.print(f"[green]ok[/green] {repo}", highlight=False)
 
 
 class _SignalledError(Exception):
-    """SIGINT or SIGTERM arrived."""
+    """SIGTERM or SIGHUP arrived: stop the server as on Ctrl-C."""
 
 
 def _signalled(*_: object) -> None:
@@ -229,17 +172,3 @@ def _control_state(config: Any) -> str:
     if config.model_control == "explicit":
         return "loaded at start; the admin key may load and unload (--model-control explicit)"
     return "loaded at start; load and unload requests are refused"
-
-
-@certs_app.command("dev")
-def certs_dev_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the CA, server and client files.")],
-    host: Annotated[list[str] | None, typer.Option(help="Server host names / IPs.")] = None,
-) -> None:
-    """Make a throw-away CA with server and client certificates (for tests, never production)."""
-    from cxr.server.certs import make_dev_certs
-
-    certs = make_dev_certs(out, tuple(host or ("localhost", "127.0.0.1")))
-    for name, path in vars(certs).items():
-        console.print(f"{name}: {path}")
-    os.sync()

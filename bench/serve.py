@@ -244,7 +244,7 @@ def served_scheduling(repo: Path, model: str) -> dict[str, int]:
 def inprocess(onnx_path: Path, batch: int, seconds: float, spin: bool) -> dict:
     """``bench_onnx`` of one batch size on all cores, with the CPU time it took per image
     (session creation included: a slight overestimate)."""
-    from cxr.convert.bench import WARMUP_RUNS, bench_onnx
+    from cxr.bench.onnx import WARMUP_RUNS, bench_onnx
 
     cpu = time.process_time()
     (row,) = bench_onnx(onnx_path, [batch], seconds, None, spin)
