@@ -1,5 +1,6 @@
 """``cxr bench``: every benchmark command, each a thin wrapper over the module that measures
-(:mod:`cxr.bench.onnx`, :mod:`cxr.bench.serve`, :mod:`cxr.bench.decode`, :mod:`cxr.bench.gateway`).
+(:mod:`cxr.runtime.speed`, :mod:`cxr.bench.serve`, :mod:`cxr.bench.decode`,
+:mod:`cxr.bench.gateway`).
 
 Nothing heavy is imported at module level: each command imports what it measures when it runs.
 """
@@ -52,7 +53,7 @@ def onnx_command(
     json_out: JsonOut = False,
 ) -> None:
     """Images/s and latency percentiles (p50/p95/p99) of an ONNX model in onnxruntime (CPU)."""
-    from cxr.bench.onnx import bench_onnx
+    from cxr.runtime.speed import bench_onnx
 
     batches = parse_batches(batch)
     if not model.is_file():

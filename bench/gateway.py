@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cxr.runtime.speed import latency_percentiles
+
 GATEWAY_AE, PACS_AE, SENDER_AE = "CXR_TRIAGE", "BENCH_PACS", "BENCH_MODALITY"
 CXR = (sys.executable, "-c", "from cxr.cli import main; main()")
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -196,7 +198,7 @@ def bench_gateway(
                 gateway.terminate()
                 gateway.wait(timeout=60)
                 sink.close()
-    latencies = np.array([sink.arrived[uid] - times[uid][0] for uid in times]) * 1000
+    p50, _, p99 = latency_percentiles([(sink.arrived[u] - times[u][0]) * 1000 for u in times])
     gateway_s = max(sink.arrived.values()) - first
     return {
         "images": count,
@@ -204,8 +206,8 @@ def bench_gateway(
         "associations": associations,
         "workers": workers,
         "ingest_per_s": count / (ingest_end - first),
-        "latency_p50_ms": float(np.percentile(latencies, 50)),
-        "latency_p99_ms": float(np.percentile(latencies, 99)),
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
         "gateway_per_s": count / gateway_s,
         "gateway_ms_per_image": gateway_s / count * 1000,
         "client_per_s": count / client_s,

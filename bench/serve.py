@@ -1,9 +1,9 @@
 """Served against in-process: a classifier behind the embedded Triton, and the same ONNX run
 directly in onnxruntime.
 
-The served side is a closed-loop load generator: ``concurrency`` asyncio loops over gRPC
-(grpc.aio with tritonclient's generated stub), each sending one batch-1 request, waiting for the
-answer and sending the next; the request message is built once. The model is served from a
+The served side is the load test's closed-loop generator (:mod:`cxr.loadtest.baseline`):
+``concurrency`` asyncio loops over gRPC, each sending one batch-1 request, waiting for the answer
+and sending the next. The model is served from a
 temporary repository that holds only it (its config with the scheduling asked for), so nothing
 else runs in the server. CPU time of server and client is measured as well as wall time: on a
 busy machine it is the figure that still says what serving costs.
@@ -11,17 +11,14 @@ busy machine it is the figure that still says what serving costs.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cxr.client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS
 from cxr.server.backend.config import intra_op_threads
 from cxr.server.repository import (
     CONFIG_FILE,
@@ -82,100 +79,6 @@ class LoadResult:
         return {**asdict(self), "cpu_ms_per_image": self.cpu_ms_per_image}
 
 
-def session_cpu_seconds(session_id: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a session."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id:  # fields from 3 (state): session, ..., utime, stime
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def infer_request(model: str, image: np.ndarray) -> Any:
-    """The gRPC ModelInferRequest of ``image`` for ``model``, built once and sent many times."""
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name=IMAGE, datatype=IMAGE_TRITON_DTYPE, shape=list(image.shape))
-    request.outputs.add(name=PROBS)
-    request.raw_input_contents.append(np.ascontiguousarray(image).tobytes())
-    return request
-
-
-async def _closed_loop(
-    url: str,
-    model: str,
-    image: np.ndarray,
-    concurrency: int,
-    seconds: float,
-    clients: int,
-    server_session: int | None,
-) -> LoadResult:
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
-    # The generated stub and a prebuilt request: no per-request Python work in the generator
-    # beyond the call itself (tritonclient's InferInput/InferResult wrapping is left out).
-    channels = [grpc.aio.insecure_channel(url) for _ in range(clients)]
-    stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
-    request = infer_request(model, image)
-    latencies: list[float] = []
-    errors: list[str] = []
-    measuring = False
-    stop_at = 0.0
-
-    async def loop(stub: Any) -> None:
-        while time.perf_counter() < stop_at:
-            begin = time.perf_counter()
-            try:
-                await stub.ModelInfer(request, timeout=REQUEST_TIMEOUT_S)
-            except grpc.aio.AioRpcError as err:  # counted: a benchmark reports errors
-                if measuring:
-                    errors.append(f"{err.code().name}: {err.details()}")
-                continue
-            if measuring:
-                latencies.append(time.perf_counter() - begin)
-
-    try:
-        # Warm-up: every loop and channel running, the batcher in its steady state.
-        stop_at = time.perf_counter() + min(2.0, seconds / 4)
-        await asyncio.gather(*(loop(stubs[i % clients]) for i in range(concurrency)))
-        measuring = True
-        server_cpu = session_cpu_seconds(server_session) if server_session else None
-        client_cpu = time.process_time()
-        started = time.perf_counter()
-        stop_at = started + seconds
-        await asyncio.gather(*(loop(stubs[i % clients]) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        client_cpu = time.process_time() - client_cpu
-        if server_cpu is not None:
-            server_cpu = session_cpu_seconds(server_session) - server_cpu
-    finally:
-        for channel in channels:
-            await channel.close()
-    if not latencies:
-        first = errors[0] if errors else "no answer"
-        raise RuntimeError(
-            f"no request to {model} at {url} succeeded ({len(errors)} errors, first: {first})"
-        )
-    p50, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 99])
-    return LoadResult(
-        concurrency,
-        len(latencies),
-        len(errors),
-        round(elapsed, 2),
-        round(len(latencies) * len(image) / elapsed, 2),
-        round(float(p50), 3),
-        round(float(p99), 3),
-        None if server_cpu is None else round(server_cpu, 2),
-        round(client_cpu, 2) if server_cpu is not None else None,
-    )
-
-
 def closed_loop(
     url: str,
     model: str,
@@ -183,17 +86,48 @@ def closed_loop(
     concurrency: int,
     seconds: float,
     clients: int = 1,
-    server_session: int | None = None,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    """Batch-1 requests of ``image`` [1, 1, S, S] from ``concurrency`` loops over ``clients``
-    gRPC channels for ``seconds`` (after a short warm-up). With ``server_session`` (the session
-    id of a server on this machine) the CPU time of server and client is measured too."""
-    if concurrency < 1 or clients < 1 or seconds <= 0:
-        raise ValueError("concurrency, clients and seconds must be positive")
-    return asyncio.run(
-        _closed_loop(
-            url, model, image, concurrency, seconds, min(clients, concurrency), server_session
-        )
+    """Batch-1 requests of ``image`` [1, 1, S, S] from ``concurrency`` loops over ``clients`` gRPC
+    channels for ``seconds`` after a short warm-up (the load test's own generator, with no STAT
+    share). With ``server_pid`` (a server on this machine) the CPU time of its processes and of
+    this one over the measured window too."""
+    from cxr.loadtest.baseline import BaselineSettings, metered_baseline
+    from cxr.loadtest.memory import cpu_seconds
+    from cxr.loadtest.payloads import target_of
+
+    settings = BaselineSettings(
+        url,
+        model,
+        users=concurrency,
+        duration=seconds,
+        warmup=min(2.0, seconds / 4),
+        stat_fraction=0.0,
+        timeout=REQUEST_TIMEOUT_S,
+        clients=min(clients, concurrency),
+    )
+
+    def meter() -> tuple[float, float]:
+        return cpu_seconds(server_pid or 0), time.process_time()
+
+    target = target_of(model, [image])
+    result, spent = metered_baseline(settings, target, meter if server_pid else None)
+    stats = result.stats["Aggregated"]
+    answered = stats.requests - stats.failures
+    if not answered:
+        first = result.errors[0][1] if result.errors else "no answer"
+        raise RuntimeError(f"no request to {model} at {url} succeeded (first error: {first})")
+    server_cpu, client_cpu = spent or (None, None)
+    return LoadResult(
+        concurrency,
+        answered,
+        stats.failures,
+        round(seconds, 2),
+        round(answered / seconds, 2),
+        round(stats.p50, 3),
+        round(stats.p99, 3),
+        None if server_cpu is None else round(server_cpu, 2),
+        None if client_cpu is None else round(client_cpu, 2),
     )
 
 
@@ -244,7 +178,7 @@ def served_scheduling(repo: Path, model: str) -> dict[str, int]:
 def inprocess(onnx_path: Path, batch: int, seconds: float, spin: bool) -> dict:
     """``bench_onnx`` of one batch size on all cores, with the CPU time it took per image
     (session creation included: a slight overestimate)."""
-    from cxr.bench.onnx import WARMUP_RUNS, bench_onnx
+    from cxr.runtime.speed import WARMUP_RUNS, bench_onnx
 
     cpu = time.process_time()
     (row,) = bench_onnx(onnx_path, [batch], seconds, None, spin)
@@ -275,9 +209,9 @@ def bench_serve(
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
         served_repo, onnx_path = bench_repository(repo, model, overrides, Path(scratch) / "repo")
         size = int(read_config(served_repo / model / CONFIG_FILE).input[0].dims[-1])
+        image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
         scheduling = served_scheduling(served_repo, model)
         spin = bool(scheduling["spin"])  # the same on both sides
-        image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
         config = ServerConfig(
             served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
         )
@@ -301,7 +235,7 @@ def bench_serve(
                             level,
                             seconds,
                             clients if level > 1 else 1,
-                            server.process.pid,  # its own session: tritonserver and stubs
+                            server.process.pid,  # tritonserver and its stubs
                         )
                         images, runs = np.subtract(
                             _counts(server.grpc_url, model, server.admin_headers), before
@@ -377,44 +311,40 @@ def _restore_env(name: str, value: str | None) -> None:
 
 
 def build_bench_repo(repo: Path, arch: str = "resnet18", image_size: int = 224) -> list[str]:
-    """Publish an untrained ``arch`` at ``image_size`` as FP32 and INT8 (calibrated on synthetic
-    radiographs) into ``repo``: a model to measure speed with, never to diagnose with."""
-    import onnx
+    """Publish an untrained ``arch`` at ``image_size`` as FP32 and INT8 into ``repo`` through
+    ``cxr convert``'s own pipeline (INT8 calibrated on synthetic radiographs, published whatever
+    the gate says): a model to measure speed with, never to diagnose with."""
     import torch
 
     from cxr.client.contract import DEFAULT_CLASSES
-    from cxr.convert.export import embed_card, export_onnx
-    from cxr.convert.quantize import CalibrationReader, prepare, quantize_int8
-    from cxr.server.repository import Classifier, deployable, publish_classifier, publish_front
-    from cxr.train.card import ModelCard
+    from cxr.convert.pipeline import ConvertOptions, convert_run
+    from cxr.train.card import WEIGHTS_FILE, ModelCard
     from cxr.train.models import GRAY_MEAN, GRAY_STD, build_model
-    from cxr.train.synth import synth_image
+    from cxr.train.synth import write_synthetic_dataset
 
+    work = repo / ".bench-work"  # a dot-folder: the server and `cxr repo check` skip it
+    data = write_synthetic_dataset(work / "data", count=96, image_size=image_size, seed=0)
+    run = work / "run"
+    run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    card = ModelCard(
+    torch.save(build_model(arch, len(DEFAULT_CLASSES)).state_dict(), run / WEIGHTS_FILE)
+    ModelCard(
         arch=arch,
         classes=list(DEFAULT_CLASSES),
         image_size=image_size,
         threshold=0.5,
         normalisation={"mean": GRAY_MEAN, "std": GRAY_STD},
-        training={"note": "untrained: benchmark model"},
+        data={"path": str(data)},
+        training={"note": "untrained: benchmark model", "seed": 0},
+    ).save(run)
+    options = ConvertOptions(
+        precisions=("fp32", "int8"),
+        calib_size=64,
+        calib_method="minmax",
+        perturbations=(),
+        precision_search=False,
+        tensorrt="off",
+        allow_accuracy_drop=True,  # untrained: the gate has nothing to protect
+        bench_seconds=0,
     )
-    work = repo / ".bench-work"  # a dot-folder: the server and `cxr repo check` skip it
-    fp32 = export_onnx(build_model(arch, len(card.classes)).eval(), card, work / "fp32.onnx")
-    rng = np.random.default_rng(0)
-    calib = np.stack([synth_image(rng, image_size, i % 2 == 1)[None] for i in range(64)])
-    int8 = quantize_int8(
-        prepare(fp32, work / "fp32_prepared.onnx"),
-        work / "int8.onnx",
-        CalibrationReader(calib),
-        "cpu",
-    )
-    proto = onnx.load(str(int8))
-    embed_card(proto, card)
-    onnx.save(proto, str(int8))
-    card_json = {**asdict(card), "positive_class": card.positive_class}
-    published = [Classifier("fp32", fp32, card_json), Classifier("int8", int8, card_json)]
-    for clf in published:
-        publish_classifier(repo, clf, keep_tuning=False)
-    publish_front(repo, deployable(published))
-    return [clf.name for clf in published]
+    return list(convert_run(run, repo, work / "onnx", options)["published"])

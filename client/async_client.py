@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from cxr.client.inputs import Input, as_items, fallback_source
-from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
-from cxr.client.requests import (
+from cxr.client.core import (
     ClientBase,
     Connection,
     PreparedRequest,
@@ -20,6 +18,8 @@ from cxr.client.requests import (
     prepare,
     priority_level,
 )
+from cxr.client.inputs import Input, as_items, fallback_source
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 
 T = TypeVar("T")
 

@@ -6,17 +6,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from cxr.client.inputs import Input, as_items
-from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
-from cxr.client.requests import (
+from cxr.client.core import (
     ClientBase,
     Connection,
     PreparedRequest,
-    discovery,
+    discover,
     finish,
     prepare,
     priority_level,
 )
+from cxr.client.inputs import Input, as_items
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 
 T = TypeVar("T")
 
@@ -40,14 +40,7 @@ class TriageClient(ClientBase):
     def model_info(self) -> ModelInfo:
         """The model requests go to, its image size, classes and operating threshold (cached)."""
         if self._info is None:
-            steps = discovery(self._model, self._server_preprocess)
-            name = next(steps)
-            while True:
-                try:
-                    name = steps.send(self.model_config(name))
-                except StopIteration as done:
-                    self._info = done.value
-                    break
+            self._info = discover(self.model_config, self._model, self._server_preprocess)
         return self._info
 
     def model_config(self, name: str) -> dict[str, Any]:

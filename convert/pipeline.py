@@ -408,7 +408,7 @@ def _verdict(assessment: gate.Assessment) -> dict:
 
 
 def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
-    from cxr.bench.onnx import bench_onnx
+    from cxr.runtime.speed import bench_onnx
 
     for variant in variants:
         full = variant.record.get("full_int8")

@@ -1,8 +1,9 @@
 """A plain closed-loop load generator: asyncio tritonclient, no framework in between.
 
 It sends exactly what the Locust user sends (same target, prepared inputs, STAT share, deadline),
-so the two rates at the same concurrency show whether Locust is the bottleneck. The sweep uses it
-too: it starts in milliseconds and costs the measured server little CPU.
+so the two rates at the same concurrency show whether Locust is the bottleneck. The sweep and
+``cxr bench serve`` use it too: it starts in milliseconds and costs the measured server little
+CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class BaselineSettings:
     stat_fraction: float = 0.1
     images: Path | None = None
     timeout: float = 10.0
+    clients: int = 1  # gRPC channels the users share
 
 
 def discover(settings: BaselineSettings) -> Target:
@@ -42,7 +45,13 @@ def discover(settings: BaselineSettings) -> Target:
         return prepare_target(client, settings.model, settings.images, settings.timeout)
 
 
-async def _closed_loop(settings: BaselineSettings, target: Target) -> RunResult:
+#: Cumulative figures (CPU seconds, say) read when the measured window opens and closes.
+Meter = Callable[[], tuple[float, ...]]
+
+
+async def _closed_loop(
+    settings: BaselineSettings, target: Target, meter: Meter | None
+) -> tuple[RunResult, tuple[float, ...] | None]:
     import tritonclient.grpc.aio as aioclient
 
     latencies: dict[str, list[float]] = {"stat": [], "routine": []}
@@ -76,8 +85,24 @@ async def _closed_loop(settings: BaselineSettings, target: Target) -> RunResult:
                     failures[name] += 1
                     errors[name, error] += 1
 
-    async with aioclient.InferenceServerClient(settings.url) as client:
-        await asyncio.gather(*(user(client, seed) for seed in range(settings.users)))
+    usage: list[tuple[float, ...]] = []
+
+    async def window() -> None:  # the meter's readings as the measured window opens and closes
+        if meter is not None:
+            await asyncio.sleep(max(0.0, measure_from - loop.time()))
+            usage.append(meter())
+            await asyncio.sleep(max(0.0, end - loop.time()))
+            usage.append(meter())
+
+    clients = [aioclient.InferenceServerClient(settings.url) for _ in range(settings.clients)]
+    try:
+        await asyncio.gather(
+            window(),
+            *(user(clients[seed % len(clients)], seed) for seed in range(settings.users)),
+        )
+    finally:
+        for client in clients:
+            await client.close()
     stats = {
         name: Stats.from_latencies(name, latencies[name], failures[name], settings.duration)
         for name in ("stat", "routine")
@@ -86,11 +111,22 @@ async def _closed_loop(settings: BaselineSettings, target: Target) -> RunResult:
     stats["Aggregated"] = Stats.from_latencies(
         "Aggregated", everything, sum(failures.values()), settings.duration
     )
-    return RunResult(stats, [(n, e, c) for (n, e), c in errors.most_common()])
+    result = RunResult(stats, [(n, e, c) for (n, e), c in errors.most_common()])
+    spent = tuple(b - a for a, b in zip(*usage, strict=True)) if len(usage) == 2 else None
+    return result, spent
 
 
 def run_baseline(settings: BaselineSettings, target: Target | None = None) -> RunResult:
     """Closed loop of ``users`` concurrent requests for warm-up + duration: statistics (by name:
     ``stat``, ``routine``, ``Aggregated``) and errors of the requests that completed within the
     measured window."""
-    return asyncio.run(_closed_loop(settings, target or discover(settings)))
+    return metered_baseline(settings, target)[0]
+
+
+def metered_baseline(
+    settings: BaselineSettings, target: Target | None = None, meter: Meter | None = None
+) -> tuple[RunResult, tuple[float, ...] | None]:
+    """:func:`run_baseline`, and what ``meter``'s readings grew by over the measured window."""
+    if min(settings.users, settings.clients) < 1 or settings.duration <= 0:
+        raise ValueError("users, clients and duration must be positive")
+    return asyncio.run(_closed_loop(settings, target or discover(settings), meter))

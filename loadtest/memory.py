@@ -1,4 +1,5 @@
-"""Server memory during a load test: RSS of a process and everything it started, from /proc.
+"""Server memory and CPU during a load test: RSS and CPU time of a process and everything it
+started, read with psutil.
 
 ``tritonserver`` runs each Python-backend model instance in a stub process of its own, so the
 server's footprint is the sum over its process tree (and its process group, which the embedded
@@ -12,60 +13,58 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+import psutil
 
 
 class ProcessGoneError(RuntimeError):
     """The sampled process no longer exists."""
 
 
-def _stat_fields(pid: int) -> tuple[int, int] | None:
-    """(parent pid, process group) of ``pid``, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces or parentheses: parse after its last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[2])
-
-
 def process_tree(pid: int) -> list[int]:
-    """``pid``, its descendants and, when it leads a process group, the members of that group."""
-    if _stat_fields(pid) is None:
+    """``pid``, its descendants and, when it leads a process group, the members of that group
+    and their descendants."""
+    if not psutil.pid_exists(pid):
         raise ProcessGoneError(f"no process {pid}")
-    parents: dict[int, int] = {}
-    group: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    roots = {pid}
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pid:
+                roots.add(proc.pid)
+        except ProcessLookupError:
             continue
-        found = _stat_fields(int(entry.name))
-        if found is None:
+    tree = set(roots)
+    for root in roots:
+        try:
+            tree |= {child.pid for child in psutil.Process(root).children(recursive=True)}
+        except psutil.NoSuchProcess:
             continue
-        parents[int(entry.name)] = found[0]
-        if found[1] == pid:
-            group.add(int(entry.name))
-    tree = {pid} | group
-    grew = True
-    while grew:
-        children = {child for child, parent in parents.items() if parent in tree} - tree
-        tree |= children
-        grew = bool(children)
     return sorted(tree)
+
+
+def _sum(pids: list[int], measure: str) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            if measure == "rss":
+                total += process.memory_info().rss
+            else:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:  # ended meanwhile: counts 0
+            continue
+    return total
 
 
 def rss_bytes(pids: list[int]) -> int:
     """Sum of the resident set sizes of ``pids`` (processes that ended meanwhile count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        total += resident * PAGE_SIZE
-    return total
+    return int(_sum(pids, "rss"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of ``pid``'s tree."""
+    return _sum(process_tree(pid), "cpu")
 
 
 @dataclass

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from cxr.client import contract
+from cxr.client.core import discover
 from cxr.client.imaging import ImageDecodeError, load_model_input
-from cxr.client.protocol import deployed_classifier
+from cxr.client.protocol import TriageError
 
 #: At most this many files of an ``--images`` folder are decoded (once per process).
 PAYLOAD_LIMIT = 256
@@ -51,18 +52,19 @@ def load_payloads(folder: Path | None, size: int, seed: int = 0) -> list[np.ndar
 
 
 def resolve_model(client: Any, model: str | None, timeout: float) -> tuple[str, int]:
-    """(classifier name, image size) for ``model``; an ensemble resolves to the classifier it
-    routes to, so the load measures the batcher with its priority queues. ``client`` is a
-    synchronous ``tritonclient.grpc.InferenceServerClient``; each call waits ``timeout`` s."""
-    name = model or contract.ENSEMBLE_MODEL
-    config = client.get_model_config(name, as_json=True, client_timeout=timeout)["config"]
-    if config.get("platform") == "ensemble":
-        name = deployed_classifier(config)
-        config = client.get_model_config(name, as_json=True, client_timeout=timeout)["config"]
-    inputs = [i for i in config.get("input", []) if i["name"] == contract.IMAGE]
-    if not inputs:
-        raise ValueError(f"model {name!r} has no {contract.IMAGE} input: not a cxr classifier")
-    return name, int(inputs[0]["dims"][-1])
+    """(classifier name, image size) for ``model``, found as the client finds it; an ensemble
+    resolves to the classifier it routes to, so the load measures the batcher with its priority
+    queues. ``client`` is a synchronous ``tritonclient.grpc.InferenceServerClient``; each call
+    waits ``timeout`` s."""
+
+    def get_config(name: str) -> dict:
+        return client.get_model_config(name, as_json=True, client_timeout=timeout)["config"]
+
+    try:
+        info = discover(get_config, model or contract.ENSEMBLE_MODEL, server_preprocess=False)
+    except TriageError as err:
+        raise ValueError(str(err)) from err
+    return info.name, info.image_size
 
 
 @dataclass
@@ -79,15 +81,20 @@ def prepare_target(
     client: Any, model: str | None, images: Path | None, timeout: float = 10.0
 ) -> Target:
     """Resolve the model and turn the payloads into reusable request inputs (decoded once)."""
+    name, size = resolve_model(client, model, timeout)
+    return target_of(name, load_payloads(images, size))
+
+
+def target_of(model: str, images: list[np.ndarray]) -> Target:
+    """The target ``model`` with ``images`` (each [1, 1, S, S] uint8) as its payloads."""
     import tritonclient.grpc as grpcclient
 
-    name, size = resolve_model(client, model, timeout)
     inputs = []
-    for image in load_payloads(images, size):
+    for image in images:
         tensor = grpcclient.InferInput(
             contract.IMAGE, list(image.shape), contract.IMAGE_TRITON_DTYPE
         )
         tensor.set_data_from_numpy(image)
         inputs.append([tensor])
     outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]
-    return Target(name, inputs, outputs, size * size)
+    return Target(model, inputs, outputs, images[0].size)

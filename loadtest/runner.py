@@ -77,13 +77,10 @@ class Stats:
         cls, name: str, latencies_ms: Sequence[float], failures: int, seconds: float
     ) -> Stats:
         """Figures of raw response times (``failures`` of them failed) over ``seconds``."""
-        import numpy as np
+        from cxr.runtime.speed import latency_percentiles
 
-        p50, p95, p99 = (
-            np.percentile(latencies_ms, [50, 95, 99]) if len(latencies_ms) else [math.nan] * 3
-        )
         count = len(latencies_ms)
-        return cls(name, count, failures, count / seconds, float(p50), float(p95), float(p99))
+        return cls(name, count, failures, count / seconds, *latency_percentiles(latencies_ms))
 
 
 @dataclass

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr.client import contract
 from cxr.runtime.engines import sha256, stamp_path
 from cxr.runtime.tensors import config_tensor, onnx_signature, signature_problems
 from cxr.server.repository import (
-    CONFIG_FILE,
     LABELS_FILE,
     ONNX_FILE,
     PARAM_MODEL_FILE,
@@ -28,7 +26,7 @@ from cxr.server.repository import (
     PLAN_FILE,
     PYTHON_MODEL_FILE,
     VERSION,
-    read_config,
+    scan_repository,
 )
 
 
@@ -77,16 +75,11 @@ def check_repository(
     machine = Machine(tensorrt_version or installed_tensorrt(), gpu_compute_capability)
     problems: list[Problem] = []
     configs: dict[str, mc.ModelConfig] = {}
-    folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for folder in folders:
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            problems.append(Problem(folder.name, f"no {CONFIG_FILE} in {folder}"))
-            continue
-        try:
-            config = read_config(path)
-        except (text_format.ParseError, UnicodeDecodeError) as err:
-            problems.append(Problem(folder.name, f"{path} is not a valid ModelConfig: {err}"))
+    folders = scan_repository(repo)
+    for model in folders:
+        folder, config = model.path, model.config
+        if config is None:
+            problems.append(Problem(folder.name, str(model.error)))
             continue
         if config.platform == "tensorrt_plan" and not engines:
             continue

@@ -100,6 +100,31 @@ def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
+@dataclass
+class ModelFolder:
+    """One model folder of a repository: its parsed config, or why there is none."""
+
+    path: Path
+    config: mc.ModelConfig | None
+    error: str | None = None
+
+
+def scan_repository(repo: Path) -> list[ModelFolder]:
+    """The model folders of ``repo`` in name order (hidden ones, such as work folders, left
+    out), each with its config parsed or the reason it cannot be."""
+    found = []
+    for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            found.append(ModelFolder(folder, None, f"no {CONFIG_FILE} in {folder}"))
+            continue
+        try:
+            found.append(ModelFolder(folder, read_config(path)))
+        except (text_format.ParseError, UnicodeDecodeError) as err:
+            found.append(ModelFolder(folder, None, f"{path} is not a valid ModelConfig: {err}"))
+    return found
+
+
 def edit_config(path: Path, change: Callable[[mc.ModelConfig], None]) -> mc.ModelConfig:
     """Apply ``change`` to the ModelConfig in ``path`` and write it back (tuning in place)."""
     config = read_config(path)

@@ -36,7 +36,7 @@ from pathlib import Path
 from cxr.client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from cxr.client.network import is_loopback
 from cxr.server.private import RUNTIME_DIR_ENV, user_runtime_dir
-from cxr.server.repository import CONFIG_FILE, read_config
+from cxr.server.repository import scan_repository
 
 #: Admin protocols closed to callers without the key; inference and health stay open.
 RESTRICTED_PROTOCOLS = "model-repository,shared-memory,statistics,trace,logging"
@@ -204,21 +204,15 @@ def plan_models(repo: Path) -> ModelPlan:
     if not repo.is_dir():
         raise ServerError(f"model repository not found: {repo}")
     load, skipped = [], {}
-    for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config_path = folder / CONFIG_FILE
-        if not config_path.is_file():
-            skipped[folder.name] = f"no {CONFIG_FILE}"
-            continue
-        try:
-            config = read_config(config_path)
-        except Exception as err:
-            skipped[folder.name] = f"{config_path}: invalid config ({err})"
-            continue
-        if config.platform == "ensemble" or config.backend in EMBEDDED_BACKENDS:
-            load.append(folder.name)
+    for model in scan_repository(repo):
+        name, config = model.path.name, model.config
+        if config is None:
+            skipped[name] = str(model.error)
+        elif config.platform == "ensemble" or config.backend in EMBEDDED_BACKENDS:
+            load.append(name)
         else:
             kind = config.platform or config.backend
-            skipped[folder.name] = f"{kind} is not in the embedded (CPU) server; serve it on a GPU"
+            skipped[name] = f"{kind} is not in the embedded (CPU) server; serve it on a GPU"
     if not load:
         raise ServerError(f"{repo}: no model the embedded server can load (run `cxr convert`)")
     return ModelPlan(load, skipped)

@@ -11,7 +11,7 @@ import pytest
 
 HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "locust")
 CLIENT_MODULES = (
-    "client",
+    "cxr.client",
     "cxr.client.contract",
     "cxr.client.imaging",
     "cxr.client.cli",

@@ -10,7 +10,7 @@ import pytest
 from fuzz_inputs import png_bytes
 
 from cxr.client import TriageClient, contract
-from cxr.client.requests import Connection
+from cxr.client.core import Connection
 
 
 def test_the_caps_follow_the_contract() -> None:

@@ -1,10 +1,11 @@
-"""Building inference requests and reading responses (shared by the sync and asyncio clients)."""
+"""The core the sync and asyncio clients share: connection, model discovery, building requests
+and reading responses, all without I/O of their own."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,19 @@ def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict
     else:
         send_to = target
     return ModelInfo.from_configs(send_to, config, server_preprocess)
+
+
+def discover(
+    get_config: Callable[[str], dict], model: str | None, server_preprocess: bool
+) -> ModelInfo:
+    """Run :func:`discovery` with a synchronous ``get_config(name)`` returning a JSON config."""
+    steps = discovery(model, server_preprocess)
+    name = next(steps)
+    while True:
+        try:
+            name = steps.send(get_config(name))
+        except StopIteration as done:
+            return done.value
 
 
 class ClientBase:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,16 @@ from cxr.client.contract import IMAGE, PROBS
 from cxr.runtime.sessions import onnx_image_size, ort_session
 
 WARMUP_RUNS = 3
+#: The latency percentiles every benchmark and load test reports.
+PERCENTILES = (50, 95, 99)
+
+
+def latency_percentiles(latencies_ms: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95 and p99 of latencies in milliseconds (NaN each when there are none)."""
+    if not len(latencies_ms):
+        return math.nan, math.nan, math.nan
+    p50, p95, p99 = np.percentile(np.asarray(latencies_ms, dtype=np.float64), PERCENTILES)
+    return float(p50), float(p95), float(p99)
 
 
 def bench_onnx(
@@ -41,15 +53,15 @@ def bench_onnx(
             session.run([PROBS], feed)
             latencies.append(time.perf_counter() - begin)
         elapsed = time.perf_counter() - started
-        p50, p95, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 95, 99])
+        p50, p95, p99 = latency_percentiles([1000.0 * latency for latency in latencies])
         rows.append(
             {
                 "batch": batch,
                 "runs": len(latencies),
                 "images_per_s": round(batch * len(latencies) / elapsed, 2),
-                "p50_ms": round(float(p50), 3),
-                "p95_ms": round(float(p95), 3),
-                "p99_ms": round(float(p99), 3),
+                "p50_ms": round(p50, 3),
+                "p95_ms": round(p95, 3),
+                "p99_ms": round(p99, 3),
             }
         )
     return rows
