@@ -19,13 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.server.backend.config import intra_op_threads
+from cxr.server.backend.config import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS, intra_op_threads
 from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
-    PARAM_MODEL_FILE,
-    PARAM_SPIN,
-    PARAM_THREADS,
     PYTHON_MODEL_FILE,
     VERSION,
     config_text,
@@ -104,14 +101,14 @@ def closed_loop(
         warmup=min(2.0, seconds / 4),
         stat_fraction=0.0,
         timeout=REQUEST_TIMEOUT_S,
-        clients=min(clients, concurrency),
     )
 
     def meter() -> tuple[float, float]:
         return cpu_seconds(server_pid or 0), time.process_time()
 
     target = target_of(model, [image])
-    result, spent = metered_baseline(settings, target, meter if server_pid else None)
+    meter_or_none = meter if server_pid else None
+    result, spent = metered_baseline(settings, target, meter_or_none, min(clients, concurrency))
     stats = result.stats["Aggregated"]
     answered = stats.requests - stats.failures
     if not answered:

@@ -85,7 +85,9 @@ def _log_to(console: Console) -> None:
     logger.setLevel(logging.WARNING)
 
 
-TimeoutOption = Annotated[float, typer.Option(help="Deadline per request, seconds (retries in).")]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.001, help="Deadline per request, seconds (retries in).")
+]
 
 
 @client_app.command("predict")
@@ -96,7 +98,7 @@ def predict_command(
     priority: Annotated[str, typer.Option(help="routine or stat.")] = "routine",
     fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
     resume: Annotated[
         bool,
         typer.Option(
@@ -138,10 +140,6 @@ def predict_command(
         raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if priority not in ("routine", "stat"):
         raise fail(f"--priority must be routine or stat, not {priority!r}")
-    if concurrency < 1:
-        raise fail("--concurrency must be at least 1")
-    if timeout <= 0:
-        raise fail("--timeout must be positive")
     if resume and (out is None or fmt == "table"):
         raise fail("--resume needs --out with --format jsonl, csv or json")
     if resume and overwrite:

@@ -34,7 +34,6 @@ class BaselineSettings:
     stat_fraction: float = 0.1
     images: Path | None = None
     timeout: float = 10.0
-    clients: int = 1  # gRPC channels the users share
 
 
 def discover(settings: BaselineSettings) -> Target:
@@ -50,7 +49,7 @@ Meter = Callable[[], tuple[float, ...]]
 
 
 async def _closed_loop(
-    settings: BaselineSettings, target: Target, meter: Meter | None
+    settings: BaselineSettings, target: Target, meter: Meter | None, channels: int
 ) -> tuple[RunResult, tuple[float, ...] | None]:
     import tritonclient.grpc.aio as aioclient
 
@@ -94,7 +93,7 @@ async def _closed_loop(
             await asyncio.sleep(max(0.0, end - loop.time()))
             usage.append(meter())
 
-    clients = [aioclient.InferenceServerClient(settings.url) for _ in range(settings.clients)]
+    clients = [aioclient.InferenceServerClient(settings.url) for _ in range(channels)]
     try:
         await asyncio.gather(
             window(),
@@ -124,9 +123,13 @@ def run_baseline(settings: BaselineSettings, target: Target | None = None) -> Ru
 
 
 def metered_baseline(
-    settings: BaselineSettings, target: Target | None = None, meter: Meter | None = None
+    settings: BaselineSettings,
+    target: Target | None = None,
+    meter: Meter | None = None,
+    channels: int = 1,
 ) -> tuple[RunResult, tuple[float, ...] | None]:
-    """:func:`run_baseline`, and what ``meter``'s readings grew by over the measured window."""
-    if min(settings.users, settings.clients) < 1 or settings.duration <= 0:
-        raise ValueError("users, clients and duration must be positive")
-    return asyncio.run(_closed_loop(settings, target or discover(settings), meter))
+    """:func:`run_baseline` over ``channels`` gRPC channels the users share, and what
+    ``meter``'s readings grew by over the measured window."""
+    if min(settings.users, channels) < 1 or settings.duration <= 0:
+        raise ValueError("users, channels and duration must be positive")
+    return asyncio.run(_closed_loop(settings, target or discover(settings), meter, channels))

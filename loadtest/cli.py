@@ -106,7 +106,8 @@ def run_command(
     model: Model = None,
     users: Users = 8,
     spawn_rate: Annotated[
-        float | None, typer.Option(help="Users started per second (default: all at once).")
+        float | None,
+        typer.Option(min=0.001, help="Users started per second (default: all at once)."),
     ] = None,
     duration: Duration = "60s",
     warmup: Warmup = "2s",
@@ -133,8 +134,6 @@ def run_command(
     Statistics cover DURATION only: the spawn phase and WARMUP are discarded. With --server-pid it
     is also a soak test: the server's memory must not grow more than --max-rss-growth.
     """
-    if spawn_rate is not None and spawn_rate <= 0:
-        raise fail("--spawn-rate must be positive")
     check_images(images)
     settings = RunSettings(
         url=url,

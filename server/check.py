@@ -18,11 +18,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from cxr.client import contract
 from cxr.runtime.engines import sha256, stamp_path
 from cxr.runtime.tensors import config_tensor, onnx_signature, signature_problems
+from cxr.server.backend.config import PARAM_MODEL_FILE, PARAM_THREADS
 from cxr.server.repository import (
     LABELS_FILE,
     ONNX_FILE,
-    PARAM_MODEL_FILE,
-    PARAM_THREADS,
     PLAN_FILE,
     PYTHON_MODEL_FILE,
     VERSION,

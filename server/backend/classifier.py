@@ -24,9 +24,15 @@ import triton_python_backend_utils as pb_utils
 from cxr.client.contract import IMAGE, PROBS
 from cxr.runtime.sessions import ort_session
 from cxr.runtime.tensors import config_tensor, session_signature, signature_problems
-from cxr.server.backend.config import intra_op_threads, model_parameters, version_dir
+from cxr.server.backend.config import (
+    PARAM_MODEL_FILE,
+    PARAM_SPIN,
+    PARAM_THREADS,
+    intra_op_threads,
+    model_parameters,
+    version_dir,
+)
 from cxr.server.backend.siblings import Siblings
-from cxr.server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
 
 
 class ModelLoadError(RuntimeError):

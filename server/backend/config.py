@@ -7,6 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: Parameters of a classifier's config that its Python model reads (``cxr.server.repository``
+#: writes them): onnxruntime threads per instance (0: adaptive), busy-waiting ("1") and the file.
+PARAM_THREADS = "intra_op_threads"
+PARAM_SPIN = "intra_op_spinning"
+PARAM_MODEL_FILE = "model_file"
+
 
 def model_parameters(args: dict[str, Any]) -> dict[str, str]:
     """The string ``parameters`` of the model's config."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from cxr.client import contract
 from cxr.loadtest.sweep import PLOT_FILE, TABLE_FILE
-from cxr.server.repository import CONFIG_FILE, PARAM_THREADS, read_config
+from cxr.server.backend.config import PARAM_THREADS
+from cxr.server.repository import CONFIG_FILE, read_config
 
 CLASSIFIER = contract.classifier_model("fp32")
 TINY = ("--delays-us", "0", "--instances", "1", "--threads", "1", "--users", "2",

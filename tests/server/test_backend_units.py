@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper, save
 from PIL import Image
 
 from cxr.client import contract
-from cxr.server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
+from cxr.server.backend.config import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
 
 SIZE = 4
 
