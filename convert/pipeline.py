@@ -148,8 +148,7 @@ def convert_run(
     model, card = load_trained(run_dir)
     work = work_dir or run_dir / "onnx"
     wanted = _wanted_variants(opts)
-    gate_set, calib, calib_source = _load_images(card, opts, wanted)
-    gate.check_gate_labels(gate_set.labels, gate_set.source)
+    gate_set, calib, calib_source = _load_images(card, opts, wanted)  # labels checked there
 
     fp32 = Variant("fp32", export_onnx(model, card, work / "model_fp32.onnx"))
     clean = gate_set.conditions["clean"]
