@@ -10,19 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from client.async_client import AsyncTriageClient
-    from client.protocol import Backoff, Failure, Prediction, TriageError
-    from client.sync_client import TriageClient
+    from cxr.client.async_client import AsyncTriageClient
+    from cxr.client.protocol import Backoff, Failure, Prediction, TriageError
+    from cxr.client.sync_client import TriageClient
 
 __all__ = ["AsyncTriageClient", "Backoff", "Failure", "Prediction", "TriageClient", "TriageError"]
 
 _LAZY = {
-    "TriageClient": "client.sync_client",
-    "AsyncTriageClient": "client.async_client",
-    "Prediction": "client.protocol",
-    "Failure": "client.protocol",
-    "TriageError": "client.protocol",
-    "Backoff": "client.protocol",
+    "TriageClient": "cxr.client.sync_client",
+    "AsyncTriageClient": "cxr.client.async_client",
+    "Prediction": "cxr.client.protocol",
+    "Failure": "cxr.client.protocol",
+    "TriageError": "cxr.client.protocol",
+    "Backoff": "cxr.client.protocol",
 }
 
 

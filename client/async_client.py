@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from client.inputs import Input, as_items, fallback_source
-from client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
-from client.requests import (
+from cxr.client.inputs import Input, as_items, fallback_source
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
+from cxr.client.core import (
     ClientBase,
     Connection,
     PreparedRequest,

@@ -20,8 +20,8 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from client.results import RowWriter
-    from client.sync_client import TriageClient
+    from cxr.client.results import RowWriter
+    from cxr.client.sync_client import TriageClient
 
 client_app = typer.Typer(no_args_is_help=True, help="Triage over gRPC, health, model listing.")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -143,7 +143,7 @@ def predict_command(
     """
     import asyncio
 
-    from client.results import (
+    from cxr.client.results import (
         FORMATS,
         OutputError,
         ResumeError,
@@ -197,8 +197,8 @@ def predict_command(
 
         async def run() -> None:
             nonlocal writer
-            from client.async_client import AsyncTriageClient
-            from client.protocol import TriageError
+            from cxr.client.async_client import AsyncTriageClient
+            from cxr.client.protocol import TriageError
 
             options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
             async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
@@ -293,7 +293,7 @@ def _summary(
     if elapsed and sent:
         line += f"; {sent} triaged in {elapsed[0]:.1f} s ({sent / max(elapsed[0], 1e-9):.0f}/s)"
     console.print(line + (f" -> {escape(str(out))}" if out else ""))
-    from client.protocol import RETRYABLE
+    from cxr.client.protocol import RETRYABLE
 
     # Codes that may succeed when tried again later (``--resume``): what the client retries,
     # and requests that ran out of their deadline doing so.
@@ -318,9 +318,9 @@ def health_command(
     timeout: TimeoutOption = 5.0,
 ) -> None:
     """Is the server live and ready, and the model? Exit 0 ready, 1 not ready, 2 unreachable."""
-    from client import contract
-    from client.protocol import TriageError
-    from client.sync_client import TriageClient
+    from cxr.client import contract
+    from cxr.client.protocol import TriageError
+    from cxr.client.sync_client import TriageClient
 
     model = model or contract.ENSEMBLE_MODEL
     tls = _tls_kwargs(ssl, root_cert, client_cert, client_key)
@@ -359,10 +359,10 @@ def models_command(
     """
     import json
 
-    from client.network import is_loopback, url_host
-    from client.protocol import TriageError
-    from client.requests import admin_headers
-    from client.sync_client import TriageClient
+    from cxr.client.network import is_loopback, url_host
+    from cxr.client.protocol import TriageError
+    from cxr.client.core import admin_headers
+    from cxr.client.sync_client import TriageClient
 
     if fmt not in ("table", "json"):
         raise fail(f"--format must be table or json, not {fmt!r}")
@@ -384,8 +384,8 @@ def models_command(
 
 def _list_models(triage: TriageClient, admin_key: str | None) -> tuple[list[dict], str]:
     """Every model with its state, inputs and outputs, and a note when the list is partial."""
-    from client import contract
-    from client.protocol import TriageError
+    from cxr.client import contract
+    from cxr.client.protocol import TriageError
 
     note = ""
     try:
@@ -434,7 +434,7 @@ def _list_models(triage: TriageClient, admin_key: str | None) -> tuple[list[dict
 def _models_table(models: list[dict]) -> None:
     from rich.table import Table
 
-    from client.results import print_table
+    from cxr.client.results import print_table
 
     def tensors(items: list[dict]) -> str:
         return "\n".join(f"{t['name']} {t['datatype']} [{','.join(t['shape'])}]" for t in items)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from client.decode_errors import ImageDecodeError, dicom_errors, why
+from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -13,7 +13,7 @@ import io
 import zlib
 from typing import TYPE_CHECKING
 
-from client.decode_errors import ImageDecodeError
+from cxr.client.decode_errors import ImageDecodeError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from client.codestream import PNG_MAGIC, frame_size
-from client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
-from client.decode_errors import ImageDecodeError, dicom_errors, why
-from client.dicom_lut import (
+from cxr.client.codestream import PNG_MAGIC, frame_size
+from cxr.client.contract import IMAGE_DTYPE, MAX_FILE_BYTES, MAX_PIXELS
+from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
+from cxr.client.dicom_lut import (
     BAND_PIXELS,
     apply_lut,
     grayscale_lut,
@@ -205,7 +205,7 @@ def read_dicom(data: bytes) -> Dataset:
     :class:`ImageDecodeError`."""
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    from client.dicom_read import read_bounded
+    from cxr.client.dicom_read import read_bounded
 
     try:
         ds = read_bounded(data)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from client.contract import MAX_FILE_BYTES
-from client.decode_errors import dicom_errors, why
-from client.dicom_read import PIXEL_ATTRIBUTES
-from client.imaging import (
+from cxr.client.contract import MAX_FILE_BYTES
+from cxr.client.decode_errors import dicom_errors, why
+from cxr.client.dicom_read import PIXEL_ATTRIBUTES
+from cxr.client.imaging import (
     ImageDecodeError,
     as_gray,
     check_file_size,
@@ -35,7 +35,7 @@ from client.imaging import (
     read_dicom,
     to_model_input,
 )
-from client.metadata_strip import strip_jpeg, strip_png
+from cxr.client.metadata_strip import strip_jpeg, strip_png
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import struct
 
-from client.codestream import PNG_MAGIC
-from client.decode_errors import ImageDecodeError
+from cxr.client.codestream import PNG_MAGIC
+from cxr.client.decode_errors import ImageDecodeError
 
 _PNG_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"})
 _JPEG_KEPT_APP = frozenset({0xE0, 0xEE})  # JFIF, Adobe

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from client import contract
-from client.decode_errors import DECODE_CODES
+from cxr.client import contract
+from cxr.client.decode_errors import DECODE_CODES
 
 log = logging.getLogger("client")
 

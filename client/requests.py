@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from client import contract
-from client.imaging import ImageDecodeError
-from client.inputs import Input, describe, fallback_source, local_model_input, server_payload
-from client.protocol import (
+from cxr.client import contract
+from cxr.client.imaging import ImageDecodeError
+from cxr.client.inputs import Input, describe, fallback_source, local_model_input, server_payload
+from cxr.client.protocol import (
     Backoff,
     Failure,
     ModelInfo,

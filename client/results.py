@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from client.protocol import Result
+from cxr.client.protocol import Result
 
 if TYPE_CHECKING:
     from rich.table import Table

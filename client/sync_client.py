@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from client.inputs import Input, as_items
-from client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
-from client.requests import (
+from cxr.client.inputs import Input, as_items
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
+from cxr.client.core import (
     ClientBase,
     Connection,
     PreparedRequest,

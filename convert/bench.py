@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import IMAGE, PROBS
-from convert.runtime import onnx_image_size, ort_session
+from cxr.client.contract import IMAGE, PROBS
+from cxr.runtime.sessions import onnx_image_size, ort_session
 
 WARMUP_RUNS = 3
 

@@ -2,7 +2,7 @@
 
 ``bench_app`` holds one command per thing measured. To add one from another module::
 
-    from convert.bench_cli import bench_app, print_rows
+    from cxr.bench.cli import bench_app, print_rows
 
     @bench_app.command("serve")
     def serve_command(...) -> None: ...
@@ -57,7 +57,7 @@ def onnx_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
 ) -> None:
     """Images/s and latency percentiles (p50/p95/p99) of an ONNX model in onnxruntime (CPU)."""
-    from convert.bench import bench_onnx
+    from cxr.runtime.speed import bench_onnx
 
     batches = parse_batches(batch)
     if not model.is_file():

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.gate import Assessment
-from convert.precision import SearchResult, search
-from convert.quantize import (
+from cxr.convert.gate import Assessment
+from cxr.convert.precision import SearchResult, search
+from cxr.convert.quantize import (
     CalibrationReader,
     float_nodes,
     layer_labels,

@@ -92,9 +92,9 @@ def convert_command(
     """Export the run to ONNX, make INT8/FP16 variants and TensorRT engines, gate them against FP32
     (paired, on images training did not select on, clean and shifted), repair a failing INT8 per
     layer, and publish those that pass into the repository."""
-    from convert.pipeline import ConversionError, ConvertOptions, convert_run
-    from convert.quantize import QuantizationError
-    from convert.report import markdown
+    from cxr.convert.pipeline import ConversionError, ConvertOptions, convert_run
+    from cxr.convert.quantize import QuantizationError
+    from cxr.convert.report import markdown
 
     options = ConvertOptions(
         precisions=_split(precision),

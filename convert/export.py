@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import IMAGE, PROBS
-from convert.runtime import CARD_METADATA_KEY, ort_session, run_probs
-from train.card import ModelCard
+from cxr.client.contract import IMAGE, PROBS
+from cxr.runtime.sessions import CARD_METADATA_KEY, ort_session, run_probs
+from cxr.train.card import ModelCard
 
 #: Opset 19 or later: needed for INT8 Q/DQ that TensorRT accepts, and for uint8 Cast inputs.
 OPSET = 19

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import paired
-from convert.gateset import GateSet
-from convert.runtime import ort_session, run_probs
-from train import metrics
+from cxr.convert import paired
+from cxr.convert.gateset import GateSet
+from cxr.runtime.sessions import ort_session, run_probs
+from cxr.train import metrics
 
 AUC_DROP_LIMIT = 0.005
 SENSITIVITY_DROP_LIMIT = 0.01

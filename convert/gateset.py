@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train.card import ModelCard
-from train.data import Split, TrainingData, load_split, load_training_data, stratified_split
+from cxr.train.card import ModelCard
+from cxr.train.data import Split, TrainingData, load_split, load_training_data, stratified_split
 
 #: Share of each class of the training split derived as the gate slice when the card records none.
 HOLDOUT_FRACTION = 0.2

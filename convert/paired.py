@@ -20,7 +20,7 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import ArrayLike
 
-from train.metrics import roc_auc
+from cxr.train.metrics import roc_auc
 
 #: Two-sided confidence level of every interval.
 CONFIDENCE = 0.95

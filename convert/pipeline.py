@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import CLASSIFIER_PREFIX, classifier_model
-from convert import gate, tensorrt
-from convert.calibrate import Int8Result
-from convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
-from convert.gateset import PERTURBATIONS, GateSet, base_images, with_perturbations
-from convert.paired import CONFIDENCE
-from convert.quantize import CalibrationReader
-from convert.report import write_report
-from server.repository import (
+from cxr.client.contract import CLASSIFIER_PREFIX, classifier_model
+from cxr.convert import gate, tensorrt
+from cxr.convert.calibrate import Int8Result
+from cxr.convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
+from cxr.convert.gateset import PERTURBATIONS, GateSet, base_images, with_perturbations
+from cxr.convert.paired import CONFIDENCE
+from cxr.convert.quantize import CalibrationReader
+from cxr.convert.report import write_report
+from cxr.server.repository import (
     CONFIG_FILE,
     ONNX_FILE,
     PLAN_FILE,
@@ -35,8 +35,8 @@ from server.repository import (
     publish_classifier,
     publish_front,
 )
-from train.card import ModelCard
-from train.data import SPLIT_NAMES, TrainingData, fingerprint, load_split, load_training_data
+from cxr.train.card import ModelCard
+from cxr.train.data import SPLIT_NAMES, TrainingData, fingerprint, load_split, load_training_data
 
 PARITY_IMAGES = 32
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -80,7 +80,7 @@ class ConvertOptions:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
-        from convert.quantize import CALIBRATION_METHODS
+        from cxr.convert.quantize import CALIBRATION_METHODS
 
         unknown = sorted(set(self.precisions) - set(PRECISIONS))
         if unknown or not self.precisions:
@@ -130,7 +130,7 @@ def convert_run(
 
     Returns the report (also written as ``convert_report.json`` and ``.md``).
     """
-    from train.models import load_trained
+    from cxr.train.models import load_trained
 
     opts = options or ConvertOptions()
     opts.check()
@@ -306,9 +306,9 @@ def _make_variants(
 ) -> list[Variant]:
     """The variants besides FP32; with ``auto`` calibration every method is tried and, when the
     best fails, repaired per layer, but only where the gate set can decide (``decidable``)."""
-    from convert.calibrate import cache_path, make_int8
-    from convert.fp16 import convert_fp16
-    from convert.quantize import CALIBRATION_METHODS, prepare
+    from cxr.convert.calibrate import cache_path, make_int8
+    from cxr.convert.fp16 import convert_fp16
+    from cxr.convert.quantize import CALIBRATION_METHODS, prepare
 
     if opts.calib_method != "auto":
         methods = (opts.calib_method,)
@@ -400,7 +400,7 @@ def _verdict(assessment: gate.Assessment) -> dict:
 
 
 def _bench_cpu(variants: list[Variant], opts: ConvertOptions) -> None:
-    from convert.bench import bench_onnx
+    from cxr.runtime.speed import bench_onnx
 
     for variant in variants:
         full = variant.record.get("full_int8")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.gate import Assessment
+from cxr.convert.gate import Assessment
 
 #: ``(layers kept in float, destination) -> the quantized model's path``.
 Quantizer = Callable[[tuple[str, ...], Path], Path]

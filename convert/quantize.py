@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import IMAGE
+from cxr.client.contract import IMAGE
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 FLAVOURS = ("cpu", "tensorrt")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from client.contract import IMAGE, PROBS
+from cxr.client.contract import IMAGE, PROBS
 
 #: ONNX metadata key holding the model card (JSON), so an .onnx file explains itself.
 CARD_METADATA_KEY = "cxr_card"

@@ -17,7 +17,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from client.contract import IMAGE
+from cxr.client.contract import IMAGE
 
 #: Batch size the profile is tuned for, capped by the largest batch (as build_engines.sh does).
 OPT_BATCH = 16

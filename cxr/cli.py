@@ -15,17 +15,17 @@ import typer
 
 # name -> (module, attribute, extra that provides it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str | None, str]] = {
-    "data": ("train.cli", "data_app", "train", "Make or inspect datasets (synthetic X-rays)."),
-    "train": ("train.cli", "train_command", "train", "Fine-tune an ImageNet backbone."),
-    "evaluate": ("train.cli", "evaluate_command", "train", "Clinical metrics for a model."),
-    "convert": ("convert.cli", "convert_command", "convert", "ONNX, INT8/FP16, TensorRT, gate."),
-    "bench": ("server.bench_cli", "bench_app", "convert", "In-process and served benchmarks."),
-    "repo": ("server.cli", "repo_app", None, "Build and check the Triton model repository."),
-    "serve": ("server.cli", "serve_command", "serve", "Run the embedded Triton server."),
-    "certs": ("server.cli", "certs_app", "certs", "Throw-away TLS certificates for testing."),
-    "client": ("client.cli", "client_app", None, "Predict, health and model listing over gRPC."),
-    "gateway": ("gateway.cli", "gateway_app", "gateway", "DICOM gateway: C-STORE in, SR out."),
-    "loadtest": ("loadtest.cli", "loadtest_app", "loadtest", "Locust load tests and sweeps."),
+    "data": ("cxr.train.cli", "data_app", "train", "Make or inspect datasets (synthetic X-rays)."),
+    "train": ("cxr.train.cli", "train_command", "train", "Fine-tune an ImageNet backbone."),
+    "evaluate": ("cxr.train.cli", "evaluate_command", "train", "Clinical metrics for a model."),
+    "convert": ("cxr.convert.cli", "convert_command", "convert", "ONNX, INT8/FP16, TensorRT, gate."),
+    "bench": ("cxr.bench.cli", "bench_app", "convert", "In-process and served benchmarks."),
+    "repo": ("cxr.server.cli", "repo_app", None, "Build and check the Triton model repository."),
+    "serve": ("cxr.server.cli", "serve_command", "serve", "Run the embedded Triton server."),
+    "certs": ("cxr.server.cli", "certs_app", "certs", "Throw-away TLS certificates for testing."),
+    "client": ("cxr.client.cli", "client_app", None, "Predict, health and model listing over gRPC."),
+    "gateway": ("cxr.gateway.cli", "gateway_app", "gateway", "DICOM gateway: C-STORE in, SR out."),
+    "loadtest": ("cxr.loadtest.cli", "loadtest_app", "loadtest", "Locust load tests and sweeps."),
 }
 
 app = typer.Typer(

@@ -59,7 +59,7 @@ def gateway(
         return
     if not url or not spool:
         raise _fail("cxr gateway needs --url HOST:PORT and --spool DIR")
-    from gateway.forward import Destination
+    from cxr.gateway.forward import Destination
 
     try:
         destination = Destination.parse(forward) if forward else None
@@ -72,7 +72,7 @@ def gateway(
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
     def make_client():
-        from client.sync_client import TriageClient
+        from cxr.client.sync_client import TriageClient
 
         def read(path: Path | None) -> str | None:
             return path.read_text() if path else None
@@ -87,7 +87,7 @@ def gateway(
             certificate_chain=read(client_cert),
         )
 
-    from gateway.service import Gateway
+    from cxr.gateway.service import Gateway
 
     service = Gateway(
         spool_dir=spool,
@@ -125,7 +125,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Received, triaged, forwarded, pending and failed instances in a spool."""
-    from gateway.status import MEANINGS, summary
+    from cxr.gateway.status import MEANINGS, summary
 
     try:
         counts = summary(spool)

@@ -12,8 +12,8 @@ import re
 import threading
 from dataclasses import dataclass
 
-from client.protocol import Backoff
-from gateway.spool import Spool
+from cxr.client.protocol import Backoff
+from cxr.gateway.spool import Spool
 
 log = logging.getLogger("gateway")
 

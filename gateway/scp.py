@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from gateway.spool import Spool
+from cxr.gateway.spool import Spool
 
 if TYPE_CHECKING:
     from pynetdicom import AE

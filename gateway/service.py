@@ -7,14 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import scp
-from gateway.forward import Destination, Forwarder
-from gateway.results import ResultsLog
-from gateway.spool import Spool
-from gateway.triage import TriageWorkers
+from cxr.gateway import scp
+from cxr.gateway.forward import Destination, Forwarder
+from cxr.gateway.results import ResultsLog
+from cxr.gateway.spool import Spool
+from cxr.gateway.triage import TriageWorkers
 
 if TYPE_CHECKING:
-    from client.sync_client import TriageClient
+    from cxr.client.sync_client import TriageClient
 
 log = logging.getLogger("gateway")
 

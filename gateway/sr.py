@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from client.protocol import Prediction
+    from cxr.client.protocol import Prediction
 
 MANUFACTURER = "cxr-triage"
 #: The wording every report carries (Series Description and the algorithm's parameters).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.spool import STATE_FILE, Spool
+from cxr.gateway.spool import STATE_FILE, Spool
 
 #: Each count and what it means, in display order.
 MEANINGS = {

@@ -18,18 +18,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from client.decode_errors import DECODE_CODES
-from client.dicom_read import read_bounded
-from client.protocol import Backoff, Failure, TriageError
-from gateway import spool as spooling
-from gateway.results import ResultsLog
-from gateway.sr import Algorithm, build_report
+from cxr.client.decode_errors import DECODE_CODES
+from cxr.client.dicom_read import read_bounded
+from cxr.client.protocol import Backoff, Failure, TriageError
+from cxr.gateway import spool as spooling
+from cxr.gateway.results import ResultsLog
+from cxr.gateway.sr import Algorithm, build_report
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from client.protocol import Prediction
-    from client.sync_client import TriageClient
+    from cxr.client.protocol import Prediction
+    from cxr.client.sync_client import TriageClient
 
 log = logging.getLogger("gateway")
 

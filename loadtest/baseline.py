@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from client import contract
-from client.protocol import classify_error
-from loadtest.payloads import Target, prepare_target
-from loadtest.runner import RunResult, Stats
+from cxr.client import contract
+from cxr.client.protocol import classify_error
+from cxr.loadtest.payloads import Target, prepare_target
+from cxr.loadtest.runner import RunResult, Stats
 
 
 @dataclass

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.memory import ProcessGoneError, RssReport, RssSampler
-from loadtest.runner import (
+from cxr.loadtest.memory import ProcessGoneError, RssReport, RssSampler
+from cxr.loadtest.runner import (
     REQUEST_NAMES,
     RunResult,
     RunSettings,
@@ -67,7 +67,7 @@ def seconds(option: str, text: str, positive: bool = True) -> float:
 def check_images(images: Path | None) -> None:
     """Fail early, clearly, on an ``--images`` folder that offers nothing to send."""
     if images is not None:
-        from loadtest.payloads import image_files
+        from cxr.loadtest.payloads import image_files
 
         try:
             image_files(images)
@@ -243,7 +243,7 @@ def baseline_command(
     ] = 1,
 ) -> None:
     """Closed-loop asyncio tritonclient generator: the reference rate for Locust."""
-    from loadtest.baseline import BaselineSettings, discover, run_baseline
+    from cxr.loadtest.baseline import BaselineSettings, discover, run_baseline
 
     check_images(images)
     settings = BaselineSettings(
@@ -326,9 +326,9 @@ def sweep_command(
     ] = False,
 ) -> None:
     """Try each configuration on a real server; write the best that meets the p99 objective."""
-    from loadtest import sweep
-    from loadtest.baseline import BaselineSettings
-    from server.repository import CONFIG_FILE, classifier_config, config_text, scheduling_of
+    from cxr.loadtest import sweep
+    from cxr.loadtest.baseline import BaselineSettings
+    from cxr.server.repository import CONFIG_FILE, classifier_config, config_text, scheduling_of
 
     check_images(images)
     grid = sweep.Grid(

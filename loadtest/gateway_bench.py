@@ -163,7 +163,7 @@ def bench_gateway(
     repo: Path, count: int, associations: int, size: int, workers: int, concurrency: int
 ) -> dict[str, Any]:
     """Run the benchmark on ``repo`` (its deployed model); figures as a dict."""
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     with tempfile.TemporaryDirectory(prefix="cxr-bench-gateway-") as scratch:
         work = Path(scratch)

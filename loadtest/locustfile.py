@@ -40,9 +40,9 @@ from gevent.lock import Semaphore  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 
-from client import contract  # noqa: E402
-from client.protocol import classify_error  # noqa: E402
-from loadtest.payloads import Target, prepare_target  # noqa: E402
+from cxr.client import contract  # noqa: E402
+from cxr.client.protocol import classify_error  # noqa: E402
+from cxr.loadtest.payloads import Target, prepare_target  # noqa: E402
 
 DEFAULT_HOST = "localhost:8001"
 #: Pause of a user whose server could not be reached, before it tries again.

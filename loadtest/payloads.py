@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from client import contract
-from client.imaging import ImageDecodeError, load_model_input
-from client.protocol import deployed_classifier
+from cxr.client import contract
+from cxr.client.imaging import ImageDecodeError, load_model_input
+from cxr.client.protocol import deployed_classifier
 
 #: At most this many files of an ``--images`` folder are decoded (once per process).
 PAYLOAD_LIMIT = 256

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from client import contract
-from loadtest.baseline import BaselineSettings, discover, run_baseline
-from loadtest.runner import Stats
-from server.repository import (
+from cxr.client import contract
+from cxr.loadtest.baseline import BaselineSettings, discover, run_baseline
+from cxr.loadtest.runner import Stats
+from cxr.server.repository import (
     CONFIG_FILE,
     Classifier,
     Scheduling,
@@ -31,7 +31,7 @@ from server.repository import (
     publish_classifier,
     publish_front,
 )
-from server.triton import ServerConfig, ServerError, TritonServer, free_port
+from cxr.server.triton import ServerConfig, ServerError, TritonServer, free_port
 
 TABLE_FILE = "sweep.csv"
 PLOT_FILE = "sweep.png"

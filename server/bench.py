@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS
-from server.backend.config import intra_op_threads
-from server.repository import (
+from cxr.client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS
+from cxr.server.backend.config import intra_op_threads
+from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
     PARAM_MODEL_FILE,
@@ -244,7 +244,7 @@ def served_scheduling(repo: Path, model: str) -> dict[str, int]:
 def inprocess(onnx_path: Path, batch: int, seconds: float, spin: bool) -> dict:
     """``bench_onnx`` of one batch size on all cores, with the CPU time it took per image
     (session creation included: a slight overestimate)."""
-    from convert.bench import WARMUP_RUNS, bench_onnx
+    from cxr.runtime.speed import WARMUP_RUNS, bench_onnx
 
     cpu = time.process_time()
     (row,) = bench_onnx(onnx_path, [batch], seconds, None, spin)
@@ -267,7 +267,7 @@ def bench_serve(
     """Served (concurrency ``concurrency`` and 1, batch-1 requests) against in-process
     onnxruntime (batch ``concurrency`` and 1, all cores) for ``model`` of ``repo``, alternating
     the two ``repeats`` times (medians reported). Returns a report."""
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     overrides = overrides or Overrides()
     inproc_rows: list[dict] = []
@@ -382,13 +382,13 @@ def build_bench_repo(repo: Path, arch: str = "resnet18", image_size: int = 224) 
     import onnx
     import torch
 
-    from client.contract import DEFAULT_CLASSES
-    from convert.export import embed_card, export_onnx
-    from convert.quantize import CalibrationReader, prepare, quantize_int8
-    from server.repository import Classifier, deployable, publish_classifier, publish_front
-    from train.card import ModelCard
-    from train.models import GRAY_MEAN, GRAY_STD, build_model
-    from train.synth import synth_image
+    from cxr.client.contract import DEFAULT_CLASSES
+    from cxr.convert.export import embed_card, export_onnx
+    from cxr.convert.quantize import CalibrationReader, prepare, quantize_int8
+    from cxr.server.repository import Classifier, deployable, publish_classifier, publish_front
+    from cxr.train.card import ModelCard
+    from cxr.train.models import GRAY_MEAN, GRAY_STD, build_model
+    from cxr.train.synth import synth_image
 
     torch.manual_seed(0)
     card = ModelCard(

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from convert.bench_cli import bench_app, console, print_rows
-from server import bench_decode  # noqa: F401  (registers ``cxr bench decode``)
+from cxr.bench.cli import bench_app, console, print_rows
+from cxr.server import bench_decode  # noqa: F401  (registers ``cxr bench decode``)
 
 __all__ = ["bench_app"]
 
@@ -60,7 +60,7 @@ def serve_command(
 ) -> None:
     """Served throughput (concurrency N, batch-1 requests over gRPC) against in-process
     onnxruntime (batch N), and served p99 at concurrency 1 against in-process batch-1 p50."""
-    from server.bench import Overrides, bench_serve, build_bench_repo
+    from cxr.bench.serve import Overrides, bench_serve, build_bench_repo
 
     if build:
         names = build_bench_repo(repo, "resnet18", image_size)
@@ -113,8 +113,8 @@ def gateway_command(
     """The DICOM gateway end to end (C-STORE in, SR stored at a local SCP) against
     ``cxr client predict`` on the same images and server."""
     try:
-        from loadtest.gateway_bench import bench_gateway
-        from server.bench import build_bench_repo
+        from cxr.bench.gateway import bench_gateway
+        from cxr.bench.serve import build_bench_repo
     except ImportError as err:
         console.print(f"[red]error:[/red] needs the gateway extra ({err})", highlight=False)
         raise typer.Exit(2) from err

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from convert.bench_cli import bench_app, console, print_rows
+from cxr.bench.cli import bench_app, console, print_rows
 
 
 @bench_app.command("decode")
@@ -30,7 +30,7 @@ def decode_command(
     """ms/image and decoded MP/s (one core) of ``load_model_input`` and of the reference
     (pydicom pixel_array + modality/VOI LUT + Pillow resize) on generated 2000-3000 px DICOMs,
     with the speed-up, and how far each is from just reading the file."""
-    from server.decode_corpus import SYNTAXES, can_encode
+    from cxr.bench.decode_corpus import SYNTAXES, can_encode
 
     names = syntax or list(SYNTAXES)
     unknown = sorted(set(names) - set(SYNTAXES))
@@ -48,8 +48,8 @@ def decode_command(
 
 def bench_decode(syntaxes: list[str], size: int, count: int, repeat: int) -> list[dict]:
     """One row per (syntax, bits stored): read / fast / reference ms per image and MP/s."""
-    from client.imaging import load_model_input
-    from server.decode_corpus import corpus, reference_model_input
+    from cxr.client.imaging import load_model_input
+    from cxr.bench.decode_corpus import corpus, reference_model_input
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-bench-decode-") as folder:

@@ -16,9 +16,9 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client import contract
-from convert.tensorrt import sha256, stamp_path
-from server.repository import (
+from cxr.client import contract
+from cxr.convert.tensorrt import sha256, stamp_path
+from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
     ONNX_FILE,

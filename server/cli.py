@@ -32,7 +32,7 @@ def build_command(
     ] = None,
 ) -> None:
     """Rewrite every config from the models present (cards read from the ONNX metadata)."""
-    from server.repository import classifiers_in, deployable, publish_classifier, publish_front
+    from cxr.server.repository import classifiers_in, deployable, publish_classifier, publish_front
 
     classifiers = classifiers_in(repo)
     if not classifiers:
@@ -63,7 +63,7 @@ def check_command(
     ] = True,
 ) -> None:
     """Check configs, files, ONNX I/O, the ensemble and engines; exit 1 listing every problem."""
-    from server.check import check_repository
+    from cxr.server.check import check_repository
 
     problems = check_repository(repo, gpu_cc, tensorrt_version, engines)
     for problem in problems:
@@ -130,7 +130,7 @@ def serve_command(
     ] = "127.0.0.1",
 ) -> None:
     """Run the embedded Triton server until Ctrl-C or SIGTERM."""
-    from server.triton import TLS, ServerConfig, ServerError, TritonServer
+    from cxr.server.triton import TLS, ServerConfig, ServerError, TritonServer
 
     if (tls_cert is None) != (tls_key is None):
         raise fail("--tls-cert and --tls-key go together")
@@ -177,7 +177,7 @@ def serve_command(
 
 def _report(server: Any) -> None:
     """Print every model's state and the endpoints."""
-    from client.network import is_loopback
+    from cxr.client.network import is_loopback
 
     config = server.config
     for name, reason in (server.plan.skipped if server.plan else {}).items():
@@ -237,7 +237,7 @@ def certs_dev_command(
     host: Annotated[list[str] | None, typer.Option(help="Server host names / IPs.")] = None,
 ) -> None:
     """Make a throw-away CA with server and client certificates (for tests, never production)."""
-    from server.certs import make_dev_certs
+    from cxr.server.certs import make_dev_certs
 
     certs = make_dev_certs(out, tuple(host or ("localhost", "127.0.0.1")))
     for name, path in vars(certs).items():

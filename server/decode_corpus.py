@@ -196,7 +196,7 @@ def reference_model_input(data: bytes, size: int) -> np.ndarray:
     from PIL import Image
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from client.imaging import prefer_fast_codecs
+    from cxr.client.imaging import prefer_fast_codecs
 
     ds = pydicom.dcmread(io.BytesIO(data))
     prefer_fast_codecs(ds)

@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client import contract
+from cxr.client import contract
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -319,7 +319,7 @@ def publish_front(repo: Path, deployed: Classifier) -> None:
 
 def classifiers_in(repo: Path) -> list[Classifier]:
     """The classifier variants present in a repository, their cards read from the ONNX files."""
-    from convert.runtime import CARD_METADATA_KEY
+    from cxr.runtime.sessions import CARD_METADATA_KEY
 
     found = []
     for folder in sorted(repo.glob(f"{contract.CLASSIFIER_PREFIX}*")):

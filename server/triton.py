@@ -33,10 +33,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
-from client.network import is_loopback
-from server.private import RUNTIME_DIR_ENV, user_runtime_dir
-from server.repository import CONFIG_FILE, read_config
+from cxr.client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from cxr.client.network import is_loopback
+from cxr.server.private import RUNTIME_DIR_ENV, user_runtime_dir
+from cxr.server.repository import CONFIG_FILE, read_config
 
 #: Admin protocols closed to callers without the key; inference and health stay open.
 RESTRICTED_PROTOCOLS = "model-repository,shared-memory,statistics,trace,logging"

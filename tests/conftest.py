@@ -28,7 +28,7 @@ def samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Kermany-style folder of synthetic images."""
-    from train.synth import write_synthetic_dataset
+    from cxr.train.synth import write_synthetic_dataset
 
     return write_synthetic_dataset(
         tmp_path_factory.mktemp("data") / "synth", count=400, image_size=64, seed=1
@@ -59,9 +59,9 @@ def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     import numpy as np
     import torch
 
-    from train.data import load_split
-    from train.models import load_trained
-    from train.trainer import TrainConfig, predict_probs, train
+    from cxr.train.data import load_split
+    from cxr.train.models import load_trained
+    from cxr.train.trainer import TrainConfig, predict_probs, train
 
     run = tmp_path_factory.mktemp("runs") / "run"
     config = TrainConfig(
@@ -118,10 +118,10 @@ def margin_gate_data(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
     """
     import torch
 
-    from client.imaging import to_model_input
-    from train.models import load_trained
-    from train.synth import synth_image
-    from train.trainer import predict_probs
+    from cxr.client.imaging import to_model_input
+    from cxr.train.models import load_trained
+    from cxr.train.synth import synth_image
+    from cxr.train.trainer import predict_probs
 
     model, card = load_trained(trained_run)
     rng = np.random.default_rng(7)
@@ -151,7 +151,7 @@ def conversion(
     on :func:`margin_gate_data`, clean images only (the margin is a property of the clean images;
     shifted ones may land near the threshold) and minmax calibration: its report and the model
     repository it published (INT8 deployed)."""
-    from convert.pipeline import ConvertOptions, convert_run
+    from cxr.convert.pipeline import ConvertOptions, convert_run
 
     root = tmp_path_factory.mktemp("converted")
     options = ConvertOptions(
@@ -174,7 +174,7 @@ def model_repo(conversion: tuple[dict, Path]) -> Path:
 @pytest.fixture(scope="session")
 def triton(model_repo: Path) -> Iterator:
     """A real embedded tritonserver serving ``model_repo`` on free loopback ports."""
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     config = ServerConfig(
         model_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()

@@ -47,7 +47,7 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = HANG) -> 
 
 
 def free_port() -> int:
-    from server.triton import free_port as triton_free_port
+    from cxr.server.triton import free_port as triton_free_port
 
     return triton_free_port()
 
@@ -197,7 +197,7 @@ class GatewayProcess:
         return echoscu(self.port, calling=self.probe_ae).returncode == 0
 
     def counts(self) -> dict[str, int]:
-        from gateway.status import summary
+        from cxr.gateway.status import summary
 
         return summary(self.spool)
 
@@ -326,7 +326,7 @@ def report_facts(data: bytes) -> dict[str, Any]:
     """What a test checks in a report: probability, finding, references, UIDs, wording."""
     import pydicom
 
-    from gateway.sr import PNEUMONIA_CODE, PROBABILITY_CODE
+    from cxr.gateway.sr import PNEUMONIA_CODE, PROBABILITY_CODE
 
     ds = pydicom.dcmread(io.BytesIO(data))
     facts: dict[str, Any] = {

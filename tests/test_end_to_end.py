@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client import TriageClient, contract
+from cxr.client import TriageClient, contract
 
 
 def test_training_reached_a_useful_model(trained_run: Path) -> None:

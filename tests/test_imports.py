@@ -12,12 +12,12 @@ import pytest
 HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "locust")
 CLIENT_MODULES = (
     "client",
-    "client.contract",
-    "client.imaging",
-    "client.cli",
-    "client.sync_client",
-    "client.async_client",
-    "client.results",
+    "cxr.client.contract",
+    "cxr.client.imaging",
+    "cxr.client.cli",
+    "cxr.client.sync_client",
+    "cxr.client.async_client",
+    "cxr.client.results",
 )
 
 

@@ -265,7 +265,7 @@ def test_cpu_exec_probes_pass_on_a_serving_server_and_fail_without_one(
 ) -> None:
     """The embedded runtime's exec probes, run as the kubelet runs them (port moved to the
     fixture's): exit 0 against the real server, non-zero where nothing listens."""
-    from server.triton import free_port
+    from cxr.server.triton import free_port
 
     server_port = urllib.parse.urlsplit(triton.http_url).port
     for name in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -373,7 +373,7 @@ def test_tls_secret_made_by_kubectl_from_dev_certs_validates_and_has_the_mounted
 ) -> None:
     import kubernetes_validate
 
-    from server.certs import make_dev_certs
+    from cxr.server.certs import make_dev_certs
 
     certs = make_dev_certs(tmp_path, ("triton.cxr-triage.svc", "localhost"))
     done = subprocess.run(
@@ -488,9 +488,9 @@ def metric_names(text: str) -> set[str]:
 def test_every_metric_of_the_hpa_rules_and_the_dashboard_is_exported_by_the_server(
     rendered: dict[str, list[dict[str, Any]]], triton: Any, synthetic_data: Path
 ) -> None:
-    from client.contract import ENSEMBLE_MODEL, PREPROCESS_MODEL
-    from client.sync_client import TriageClient
-    from server.triton import pytriton_dir
+    from cxr.client.contract import ENSEMBLE_MODEL, PREPROCESS_MODEL
+    from cxr.client.sync_client import TriageClient
+    from cxr.server.triton import pytriton_dir
 
     image = next((synthetic_data / "test").rglob("*.png"))
     with TriageClient(triton.grpc_url, server_preprocess=True) as client:
@@ -528,7 +528,7 @@ def test_every_metric_of_the_hpa_rules_and_the_dashboard_is_exported_by_the_serv
 def test_the_embedded_server_accepts_its_command_and_exposes_metrics(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
-    from server.triton import TLS, ServerConfig, check_exposure
+    from cxr.server.triton import TLS, ServerConfig, check_exposure
 
     command = container(rendered[overlay])["command"]
     (host,) = flag_values(command, "--host")
@@ -551,7 +551,7 @@ def test_the_embedded_server_accepts_its_command_and_exposes_metrics(
 @pytest.fixture
 def prometheus(triton: Any, tmp_path: Path) -> Iterator[str]:
     """A real Prometheus scraping the embedded server every second; yields its base URL."""
-    from server.triton import free_port
+    from cxr.server.triton import free_port
 
     binary = shutil.which("prometheus")
     if binary is None:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client import contract
+from cxr.client import contract
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.pt"

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from train.config import TrainConfig
-from train.data import DatasetError
+from cxr.train.config import TrainConfig
+from cxr.train.data import DatasetError
 
 console = Console(stderr=True)
 #: ``cxr train``'s defaults are the recipe's: one fact, kept in :class:`TrainConfig`.
@@ -33,7 +33,7 @@ def synth_command(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write SYNTHETIC X-ray-like images as OUT/{train,val,test}/{NORMAL,PNEUMONIA}/*.png."""
-    from train.synth import write_synthetic_dataset
+    from cxr.train.synth import write_synthetic_dataset
 
     try:
         write_synthetic_dataset(out, count, image_size, seed)
@@ -45,7 +45,7 @@ def synth_command(
 @data_app.command("info")
 def info_command(data: Annotated[Path, typer.Argument(help="Dataset folder or .npz.")]) -> None:
     """Show a dataset's format, splits and class counts."""
-    from train.data import SPLIT_NAMES, detect_format, load_split
+    from cxr.train.data import SPLIT_NAMES, detect_format, load_split
 
     try:
         kind = detect_format(data)
@@ -119,8 +119,8 @@ def train_command(
         )
     except ValueError as err:
         raise fail(str(err)) from err
-    from train.models import PretrainedWeightsError
-    from train.trainer import train
+    from cxr.train.models import PretrainedWeightsError
+    from cxr.train.trainer import train
 
     try:
         card = train(data, out, config)
@@ -148,7 +148,7 @@ def evaluate_command(
     url: Annotated[str | None, typer.Option(help="HOST:PORT of a server: MODEL is served.")] = None,
 ) -> None:
     """Sensitivity, specificity, AUC (95% bootstrap CI) and more at the operating threshold."""
-    from train.evaluate import EvaluationError, evaluate
+    from cxr.train.evaluate import EvaluationError, evaluate
 
     try:
         report = evaluate(model, data, split, threshold, url)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client.contract import DEFAULT_CLASSES, NEGATIVE_CLASS
-from client.imaging import ImageDecodeError, load_model_input, to_model_input
+from cxr.client.contract import DEFAULT_CLASSES, NEGATIVE_CLASS
+from cxr.client.imaging import ImageDecodeError, load_model_input, to_model_input
 
 SPLIT_NAMES = ("train", "val", "test")
 #: A validation split smaller than this (or than the carved one would be) is replaced by one

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from train import metrics
-from train.card import RunDirError
-from train.data import load_split
+from cxr.train import metrics
+from cxr.train.card import RunDirError
+from cxr.train.data import load_split
 
 
 class EvaluationError(ValueError):
@@ -29,7 +29,7 @@ class Report:
 
     def write_plots(self, folder: Path) -> list[Path]:
         """ROC, precision-recall and confusion-matrix PNGs."""
-        from train.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
+        from cxr.train.plots import plot_confusion_matrix, plot_precision_recall, plot_roc
 
         folder.mkdir(parents=True, exist_ok=True)
         matrix = np.asarray(self.metrics["confusion_matrix"])
@@ -75,8 +75,8 @@ def open_predictor(model: str, url: str | None, threshold: float | None = None) 
 def _run_dir(path: Path) -> Predictor:
     import torch
 
-    from train.models import load_trained
-    from train.trainer import predict_probs
+    from cxr.train.models import load_trained
+    from cxr.train.trainer import predict_probs
 
     try:
         model, card = load_trained(path)
@@ -92,7 +92,7 @@ def _run_dir(path: Path) -> Predictor:
 
 
 def _onnx(path: Path, threshold: float | None) -> Predictor:
-    from convert.runtime import onnx_card, onnx_image_size, ort_session, run_probs
+    from cxr.runtime.sessions import onnx_card, onnx_image_size, ort_session, run_probs
 
     try:
         session = ort_session(path)
@@ -111,7 +111,7 @@ def _onnx(path: Path, threshold: float | None) -> Predictor:
 
 
 def _served(url: str, model: str) -> Predictor:
-    from client import TriageClient, TriageError
+    from cxr.client import TriageClient, TriageError
 
     client = TriageClient(url, model)
     try:

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from train.card import WEIGHTS_FILE, ModelCard, RunDirError
+from cxr.train.card import WEIGHTS_FILE, ModelCard, RunDirError
 
 #: Grayscale normalisation: the mean of ImageNet's channel means and standard deviations, the
 #: statistics under which summing the RGB filters of the first convolution is faithful.

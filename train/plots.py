@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from train.metrics import precision_recall_curve, roc_auc, roc_curve
+from cxr.train.metrics import precision_recall_curve, roc_auc, roc_curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from client.contract import NEGATIVE_CLASS, POSITIVE_CLASS
+from cxr.client.contract import NEGATIVE_CLASS, POSITIVE_CLASS
 
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
 NOTICE = (

@@ -18,11 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from train import metrics
-from train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
-from train.config import TrainConfig
-from train.data import TrainingData, detect_format, fingerprint, load_training_data
-from train.models import (
+from cxr.train import metrics
+from cxr.train.card import CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
+from cxr.train.config import TrainConfig
+from cxr.train.data import TrainingData, detect_format, fingerprint, load_training_data
+from cxr.train.models import (
     TIMM_ARCHS,
     TriageNet,
     build_model,
@@ -300,6 +300,6 @@ def _versions(arch: str) -> dict[str, str]:
 
 
 def _write_curves(history: list[dict], out: Path) -> None:
-    from train.plots import plot_training_curves
+    from cxr.train.plots import plot_training_curves
 
     plot_training_curves(history, out / CURVES_FILE)

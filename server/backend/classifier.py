@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import IMAGE, PROBS
-from server.backend.config import intra_op_threads, model_parameters, version_dir
-from server.backend.siblings import Siblings
-from server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
+from cxr.client.contract import IMAGE, PROBS
+from cxr.server.backend.config import intra_op_threads, model_parameters, version_dir
+from cxr.server.backend.siblings import Siblings
+from cxr.server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
 
 #: onnxruntime's names of the dtypes in the contract.
 ORT_TYPES = {"TYPE_UINT8": "tensor(uint8)", "TYPE_FP32": "tensor(float)"}
@@ -36,7 +36,7 @@ class ModelLoadError(RuntimeError):
 
 def open_session(path: Any, threads: int, spin: bool) -> Any:
     """An onnxruntime session of ``path``, or a :class:`ModelLoadError` saying what is wrong."""
-    from convert.runtime import ort_session
+    from cxr.runtime.sessions import ort_session
 
     if not path.is_file():
         raise ModelLoadError(f"model file {path} is missing (run `cxr convert`)")

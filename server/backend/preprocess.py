@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from client.contract import IMAGE, IMAGE_BYTES, PARAM_IMAGE_SIZE
-from client.imaging import ImageDecodeError, load_model_input
-from server.backend.config import intra_op_threads, model_parameters, short_reason
+from cxr.client.contract import IMAGE, IMAGE_BYTES, PARAM_IMAGE_SIZE
+from cxr.client.imaging import ImageDecodeError, load_model_input
+from cxr.server.backend.config import intra_op_threads, model_parameters, short_reason
 
 
 class TritonPythonModel:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from server.private import server_runtime_dir
+from cxr.server.private import server_runtime_dir
 
 #: Lock folders are named ``PREFIX<server pid>-<model>-<version>``.
 PREFIX = "cxr-instances-"

@@ -156,7 +156,7 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
     as a subprocess (:func:`cli_command`)."""
     from typer.testing import CliRunner
 
-    from client.cli import client_app
+    from cxr.client.cli import client_app
 
     def run(*args: str) -> subprocess.CompletedProcess:
         result = CliRunner().invoke(client_app, list(args), catch_exceptions=False)
@@ -171,7 +171,7 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 def start_server() -> Iterator[Callable[..., Any]]:
     """Start a TritonServer of our own (``ServerConfig`` keywords, free ports unless given);
     every one is stopped at the end of the session."""
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     with contextlib.ExitStack() as stack:
 
@@ -196,8 +196,8 @@ def busy_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, star
     """A server restricted by :data:`ADMIN_KEY`, with three more copies of the classifier:
     ``pneumonia_qfull`` (queue of one request), ``pneumonia_qtimeout`` (20 ms queue timeout,
     one instance, batch 1) and :data:`SLOW_MODEL`."""
-    from client import contract
-    from server.repository import CONFIG_FILE, config_text, read_config
+    from cxr.client import contract
+    from cxr.server.repository import CONFIG_FILE, config_text, read_config
 
     repo = tmp_path_factory.mktemp("busy") / "repo"
     shutil.copytree(model_repo, repo)
@@ -246,6 +246,6 @@ def slow_model() -> str:
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port nothing listens on."""
-    from server.triton import free_port
+    from cxr.server.triton import free_port
 
     return free_port()

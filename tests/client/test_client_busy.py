@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from client import AsyncTriageClient, TriageClient, contract
-from client.protocol import Backoff, classify_error
+from cxr.client import AsyncTriageClient, TriageClient, contract
+from cxr.client.protocol import Backoff, classify_error
 
 TRITON_MESSAGES = {"full": "Exceeds maximum queue size", "timeout": "Request timeout expired"}
 

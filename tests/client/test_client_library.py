@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from PIL import Image
 
-from client import AsyncTriageClient, Failure, Prediction, TriageClient, TriageError, contract
-from client.protocol import Backoff
-from server.repository import CONFIG_FILE, read_config
+from cxr.client import AsyncTriageClient, Failure, Prediction, TriageClient, TriageError, contract
+from cxr.client.protocol import Backoff
+from cxr.server.repository import CONFIG_FILE, read_config
 
 
 def model_config(repo: Path, name: str):
@@ -246,7 +246,7 @@ def test_predict_accepts_any_iterable(triton, xray_pngs: list[Path]) -> None:
 def test_error_codes_of_other_server_answers(status: str, message: str, code: str | None) -> None:
     from tritonclient.utils import InferenceServerException
 
-    from client.protocol import classify_error
+    from cxr.client.protocol import classify_error
 
     error = classify_error(InferenceServerException(message, f"StatusCode.{status}"))
     assert error.code == (code or "server_error")

@@ -7,26 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from client import TriageClient, TriageError
+from cxr.client import TriageClient, TriageError
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory):
-    from server.certs import make_dev_certs
+    from cxr.server.certs import make_dev_certs
 
     return make_dev_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
 def tls_server(model_repo: Path, certs, start_server):
-    from server.triton import TLS
+    from cxr.server.triton import TLS
 
     return start_server(model_repo, tls=TLS(certs.server_cert, certs.server_key))
 
 
 @pytest.fixture(scope="module")
 def mtls_server(model_repo: Path, certs, start_server):
-    from server.triton import TLS
+    from cxr.server.triton import TLS
 
     return start_server(model_repo, tls=TLS(certs.server_cert, certs.server_key, certs.ca_cert))
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from bombs import BOMBS
 
-from client import contract
-from client.imaging import ImageDecodeError
-from client.inputs import describe
-from server.decode_corpus import encode, radiograph_dataset, synthetic_pixels
+from cxr.client import contract
+from cxr.client.imaging import ImageDecodeError
+from cxr.client.inputs import describe
+from cxr.bench.decode_corpus import encode, radiograph_dataset, synthetic_pixels
 
 HANG_S = 20.0  # 10x the 2 s the issue allows: a hang detector, not a speed assertion
 EXTRA_MB = 64
@@ -27,7 +27,7 @@ EXTRA_MB = 64
 # its (possibly much larger) parent.
 _MEASURE = """
 import json, sys, time
-from client.imaging import ImageDecodeError, load_model_input
+from cxr.client.imaging import ImageDecodeError, load_model_input
 def peak_kb():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -110,7 +110,7 @@ def test_bombs_through_the_ensemble_leave_the_server_ready(triton) -> None:
     ``preprocess`` refuses it with the same code, and then still serves a normal image."""
     import tritonclient.grpc as grpcclient
 
-    from client.protocol import classify_error
+    from cxr.client.protocol import classify_error
 
     normal = encode(
         radiograph_dataset(synthetic_pixels(600, 500, 12, 2), 12, "MONOCHROME1"), "explicit"

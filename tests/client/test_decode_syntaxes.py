@@ -13,9 +13,9 @@ import pytest
 from fuzz_inputs import dicom_bytes
 from PIL import Image, PngImagePlugin
 
-from client.imaging import decode_image, load_model_input
-from client.inputs import Prepared, server_payload
-from server.decode_corpus import (
+from cxr.client.imaging import decode_image, load_model_input
+from cxr.client.inputs import Prepared, server_payload
+from cxr.bench.decode_corpus import (
     SYNTAXES,
     can_encode,
     encode,
@@ -217,7 +217,7 @@ def test_jpeg_comments_and_exif_do_not_reach_the_server(
 def test_server_payload_of_malformed_files_is_a_clear_error_or_bytes() -> None:
     from fuzz_inputs import malformed_inputs
 
-    from client.imaging import ImageDecodeError
+    from cxr.client.imaging import ImageDecodeError
 
     for name, data in malformed_inputs(7, 600):
         try:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.contract import MAX_PIXELS
-from client.imaging import (
+from cxr.client.contract import MAX_PIXELS
+from cxr.client.imaging import (
     ImageDecodeError,
     as_gray,
     decode_image,

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from client.contract import MAX_PIXELS
-from client.imaging import ImageDecodeError, array_to_gray, decode_image, to_model_input
+from cxr.client.contract import MAX_PIXELS
+from cxr.client.imaging import ImageDecodeError, array_to_gray, decode_image, to_model_input
 
 _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fuzz_inputs import png_bytes
 
-from client import TriageClient, contract
-from client.requests import Connection
+from cxr.client import TriageClient, contract
+from cxr.client.core import Connection
 
 
 def test_the_caps_follow_the_contract() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from client import contract
-from client.inputs import PIXEL_ATTRIBUTES, describe, server_payload
-from client.results import COLUMNS
+from cxr.client import contract
+from cxr.client.inputs import PIXEL_ATTRIBUTES, describe, server_payload
+from cxr.client.results import COLUMNS
 
 
 def parse(text: str, fmt: str) -> list[dict]:
@@ -265,7 +265,7 @@ def test_models_with_and_without_the_admin_key(busy_server, run_cli, admin_key, 
 
 
 def test_inputs_from_files_folders_and_globs(tmp_path: Path) -> None:
-    from client.cli import expand_inputs
+    from cxr.client.cli import expand_inputs
 
     for name in ("b/2.png", "b/c/3.dcm", "b/.hidden.png", "b/.git/x.png", "a.png", "noext"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

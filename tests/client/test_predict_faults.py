@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client.results import read_rows, row_ok
+from cxr.client.results import read_rows, row_ok
 
 TRANSIENT = {"unavailable", "server_busy", "deadline_exceeded"}
 
@@ -47,7 +47,7 @@ def assert_complete(out: Path, fmt: str, inputs: list[Path]) -> list[dict]:
 def test_server_killed_mid_run_then_restarted(
     model_repo: Path, many_pngs: list[Path], tmp_path: Path, start_server, run_cli, cli_command
 ) -> None:
-    from server.triton import free_port
+    from cxr.server.triton import free_port
 
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     server = start_server(model_repo, **ports)

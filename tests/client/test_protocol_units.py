@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from client.protocol import (
+from cxr.client import contract
+from cxr.client.protocol import (
     Attempts,
     Backoff,
     Failure,
@@ -21,7 +21,7 @@ from client.protocol import (
     classify_error,
     to_prediction,
 )
-from client.requests import PreparedRequest, discovery, prepare, priority_level
+from cxr.client.core import PreparedRequest, discovery, prepare, priority_level
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -39,7 +39,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr("client.protocol.time.monotonic", fake)
+    monkeypatch.setattr("cxr.client.protocol.time.monotonic", fake)
     return fake
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fuzz_inputs import png_bytes
 
-from client.results import read_rows, row_ok
+from cxr.client.results import read_rows, row_ok
 
 
 def write_pngs(folder: Path, count: int, size: int = 64, seed: int = 0) -> list[Path]:

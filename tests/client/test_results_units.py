@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.protocol import Failure, Prediction
-from client.results import RowWriter, read_rows, resume_plan, to_row
+from cxr.client.protocol import Failure, Prediction
+from cxr.client.results import RowWriter, read_rows, resume_plan, to_row
 
 
 def prediction(source: str, sha: str = "a" * 64) -> Prediction:

@@ -22,8 +22,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, synthetic_data: Path) -> 
     """A run directory holding an untrained resnet18 at 32x32 and its card (no training)."""
     import torch
 
-    from train.card import WEIGHTS_FILE, ModelCard
-    from train.models import build_model
+    from cxr.train.card import WEIGHTS_FILE, ModelCard
+    from cxr.train.models import build_model
 
     run = tmp_path_factory.mktemp("tiny") / "run"
     run.mkdir()

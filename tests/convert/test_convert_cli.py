@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.pipeline import ConvertOptions
+from cxr.convert.pipeline import ConvertOptions
 
 
 def cxr(*args: str) -> subprocess.CompletedProcess:
@@ -70,8 +70,8 @@ def test_bad_run_dir_is_exit_2_naming_the_path(
 def test_bad_run_dir_is_a_run_dir_error_naming_the_path(
     tiny_run: Path, tmp_path: Path, how: str, message: str
 ) -> None:
-    from convert.pipeline import convert_run
-    from train.card import RunDirError
+    from cxr.convert.pipeline import convert_run
+    from cxr.train.card import RunDirError
 
     run = broken_copy(tiny_run, tmp_path, how)
     with pytest.raises(RunDirError, match=message) as caught:

@@ -8,14 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from client.contract import IMAGE, PROBS
-from convert.export import OPSET, contract_problems, export_onnx, torch_parity
-from convert.runtime import onnx_card, ort_session, run_probs
+from cxr.client.contract import IMAGE, PROBS
+from cxr.convert.export import OPSET, contract_problems, export_onnx, torch_parity
+from cxr.runtime.sessions import onnx_card, ort_session, run_probs
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
-    from train.models import load_trained
+    from cxr.train.models import load_trained
 
     model, card = load_trained(tiny_run)
     path = export_onnx(model, card, tmp_path_factory.mktemp("export") / "model.onnx")
@@ -48,7 +48,7 @@ def test_dynamic_batch_runs_and_sums_to_one(exported, batch: int) -> None:
 
 
 def test_parity_with_pytorch_on_real_images(exported, synthetic_data: Path) -> None:
-    from train.data import load_split
+    from cxr.train.data import load_split
 
     model, card, path = exported
     images = load_split(synthetic_data, "val", card.image_size).images[:16]

@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 
-from client.contract import ENSEMBLE_MODEL, PARAM_DEPLOYED_MODEL
-from convert import gate
-from convert.pipeline import ConvertOptions, convert_run
-from convert.runtime import CARD_METADATA_KEY
-from server.repository import CONFIG_FILE, read_config
+from cxr.client.contract import ENSEMBLE_MODEL, PARAM_DEPLOYED_MODEL
+from cxr.convert import gate
+from cxr.convert.pipeline import ConvertOptions, convert_run
+from cxr.runtime.sessions import CARD_METADATA_KEY
+from cxr.server.repository import CONFIG_FILE, read_config
 
 
 def test_gate_data_needs_both_classes() -> None:

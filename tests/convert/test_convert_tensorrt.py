@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from convert import tensorrt
-from convert.pipeline import ConversionError, ConvertOptions, convert_run
-from server.repository import CONFIG_FILE, read_config
+from cxr.convert import tensorrt
+from cxr.convert.pipeline import ConversionError, ConvertOptions, convert_run
+from cxr.server.repository import CONFIG_FILE, read_config
 
 MISSING = tensorrt.unavailable()
 

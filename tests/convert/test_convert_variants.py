@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from client.contract import IMAGE, PROBS
-from convert.quantize import CalibrationReader, _stride, float_nodes
-from convert.runtime import ort_session, run_probs
+from cxr.client.contract import IMAGE, PROBS
+from cxr.convert.quantize import CalibrationReader, _stride, float_nodes
+from cxr.runtime.sessions import ort_session, run_probs
 
 
 def images(count: int) -> np.ndarray:
@@ -116,7 +116,7 @@ def test_fp16_has_float16_weights_and_float32_uint8_io(converted: dict) -> None:
 
 
 def test_variants_carry_the_model_card(converted: dict) -> None:
-    from convert.runtime import CARD_METADATA_KEY
+    from cxr.runtime.sessions import CARD_METADATA_KEY
 
     for record in converted["variants"]:
         meta = {p.key for p in onnx.load(record["file"]).metadata_props}

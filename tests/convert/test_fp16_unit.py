@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from client import contract
-from convert.fp16 import convert_fp16
+from cxr.client import contract
+from cxr.convert.fp16 import convert_fp16
 
 
 def contract_graph(path: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.gateset import (
+from cxr.convert.gateset import (
     HOLDOUT_FRACTION,
     PERTURBATIONS,
     base_images,
@@ -16,9 +16,9 @@ from convert.gateset import (
     perturb,
     with_perturbations,
 )
-from convert.pipeline import ConvertOptions
-from train.card import ModelCard
-from train.data import load_split, load_training_data
+from cxr.convert.pipeline import ConvertOptions
+from cxr.train.card import ModelCard
+from cxr.train.data import load_split, load_training_data
 
 
 def smooth_images(count: int = 40, size: int = 32) -> np.ndarray:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from convert import gate, paired
-from train.metrics import roc_auc
+from cxr.convert import gate, paired
+from cxr.train.metrics import roc_auc
 
 Z2 = 1.959963984540054**2
 

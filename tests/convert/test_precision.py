@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.contract import IMAGE, PROBS
-from convert import gate
-from convert.calibrate import make_int8
-from convert.gateset import with_perturbations
-from convert.precision import search
-from convert.quantize import CalibrationReader, prepare, quantize_int8, quantized_layers
+from cxr.client.contract import IMAGE, PROBS
+from cxr.convert import gate
+from cxr.convert.calibrate import make_int8
+from cxr.convert.gateset import with_perturbations
+from cxr.convert.precision import search
+from cxr.convert.quantize import CalibrationReader, prepare, quantize_int8, quantized_layers
 
 SIDE = 4
 LEFT = (np.arange(SIDE * SIDE) % SIDE) < SIDE // 2

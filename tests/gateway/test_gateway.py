@@ -23,9 +23,9 @@ from gateway_support import (
     wait_for,
 )
 
-from client.sync_client import TriageClient
-from gateway.sr import DISCLAIMER
-from gateway.triage import model_card_fingerprint
+from cxr.client.sync_client import TriageClient
+from cxr.gateway.sr import DISCLAIMER
+from cxr.gateway.triage import model_card_fingerprint
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -196,7 +196,7 @@ def test_pacs_down_then_back(
 def test_triton_down_instances_wait(
     model_repo: Path, synthetic_data: Path, tmp_path: Path, start_gateway
 ) -> None:
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     images = make_radiographs(synthetic_data, tmp_path / "in", 4, prefix="triton-down")
     grpc_port = free_port()

@@ -12,12 +12,12 @@ import pytest
 from gateway_support import CR, PATIENT, radiograph_bytes, report_facts
 from pydicom.uid import UID
 
-from client.protocol import Prediction
-from gateway.forward import Destination
-from gateway.results import ResultsLog
-from gateway.service import Gateway
-from gateway.spool import SR_KEPT, Spool
-from gateway.sr import DISCLAIMER, Algorithm, build_report, derived_uid, report_uids
+from cxr.client.protocol import Prediction
+from cxr.gateway.forward import Destination
+from cxr.gateway.results import ResultsLog
+from cxr.gateway.service import Gateway
+from cxr.gateway.spool import SR_KEPT, Spool
+from cxr.gateway.sr import DISCLAIMER, Algorithm, build_report, derived_uid, report_uids
 
 
 def receive(

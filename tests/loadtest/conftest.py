@@ -72,9 +72,9 @@ def slow_server(own_repo: Path) -> Iterator[Any]:
     :data:`SLOW_DELAY_US` (its batcher waits for a full batch, and no queue timeout rejects it):
     a client deadline well below that expires whatever the machine's speed, a few requests at a
     time (thousands of requests cancelled at 1 ms deadlines once crashed Triton 2.51)."""
-    from client import contract
-    from server.repository import CONFIG_FILE, config_text, read_config
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.client import contract
+    from cxr.server.repository import CONFIG_FILE, config_text, read_config
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     ensemble = read_config(own_repo / contract.ENSEMBLE_MODEL / CONFIG_FILE)
     deployed = own_repo / ensemble.parameters[contract.PARAM_DEPLOYED_MODEL].string_value

@@ -12,9 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loadtest.baseline import BaselineSettings, run_baseline
-from loadtest.runner import LOCUSTFILE, read_failures, read_stats
-from server.triton import free_port
+from cxr.loadtest.baseline import BaselineSettings, run_baseline
+from cxr.loadtest.runner import LOCUSTFILE, read_failures, read_stats
+from cxr.server.triton import free_port
 
 SHORT = ("--users", "3", "--duration", "4s", "--warmup", "1s")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from client import contract
-from loadtest.sweep import PLOT_FILE, TABLE_FILE
-from server.repository import CONFIG_FILE, PARAM_THREADS, read_config
+from cxr.client import contract
+from cxr.loadtest.sweep import PLOT_FILE, TABLE_FILE
+from cxr.server.repository import CONFIG_FILE, PARAM_THREADS, read_config
 
 CLASSIFIER = contract.classifier_model("fp32")
 TINY = ("--delays-us", "0", "--instances", "1", "--threads", "1", "--users", "2",

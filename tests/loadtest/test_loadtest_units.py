@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.memory import ProcessGoneError, RssReport, RssSample, RssSampler, process_tree
-from loadtest.payloads import image_files, load_payloads
-from loadtest.runner import (
+from cxr.loadtest.memory import ProcessGoneError, RssReport, RssSample, RssSampler, process_tree
+from cxr.loadtest.payloads import image_files, load_payloads
+from cxr.loadtest.runner import (
     RunSettings,
     Slo,
     Stats,
@@ -25,8 +25,8 @@ from loadtest.runner import (
     read_failures,
     read_stats,
 )
-from loadtest.sweep import Grid, Point, best_point
-from server.repository import Classifier, Scheduling, classifier_config, config_text, scheduling_of
+from cxr.loadtest.sweep import Grid, Point, best_point
+from cxr.server.repository import Classifier, Scheduling, classifier_config, config_text, scheduling_of
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from client import contract
-from server.repository import CONFIG_FILE, deployed_model, edit_config, read_config
+from cxr.client import contract
+from cxr.server.repository import CONFIG_FILE, deployed_model, edit_config, read_config
 
 #: The batching delay of ``preprocess`` and of the queue models in the test repository: long, so
 #: requests sent together land in one batch (and queued requests stay queued).
@@ -134,7 +134,7 @@ def served_repo(cpu_repo: Path, deployed: str, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="session")
 def served(served_repo: Path, admin_key: str) -> Iterator[Any]:
     """A real server of :func:`served_repo`, admin protocols restricted by :func:`admin_key`."""
-    from server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     config = ServerConfig(
         served_repo,
@@ -162,6 +162,6 @@ def grpc(served: Any) -> Iterator[Any]:
 def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A throw-away CA with server and client certificates for 127.0.0.1 / localhost."""
     pytest.importorskip("cryptography", reason="certificates need the certs extra")
-    from server.certs import make_dev_certs
+    from cxr.server.certs import make_dev_certs
 
     return make_dev_certs(tmp_path_factory.mktemp("certs") / "dev", ("localhost", "127.0.0.1"))

@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from client.contract import ADMIN_HEADER as HTTP_ADMIN_HEADER
-from client.contract import GRPC_ADMIN_HEADER
+from cxr.client import contract
+from cxr.client.contract import ADMIN_HEADER as HTTP_ADMIN_HEADER
+from cxr.client.contract import GRPC_ADMIN_HEADER
 
 RESTRICTED_MESSAGE = "This protocol is restricted"
 #: One call of each restricted gRPC protocol (model-repository, statistics, trace, logging,
@@ -103,7 +103,7 @@ def test_inference_metadata_and_health_stay_open(
 @pytest.fixture(scope="module")
 def mtls(cpu_repo: Path, dev_certs: Any) -> Iterator[Any]:
     """A server of the converted repository with gRPC mutual TLS."""
-    from server.triton import TLS, ServerConfig, TritonServer, free_port
+    from cxr.server.triton import TLS, ServerConfig, TritonServer, free_port
 
     tls = TLS(dev_certs.server_cert, dev_certs.server_key, dev_certs.ca_cert)
     config = ServerConfig(
@@ -150,7 +150,7 @@ def test_mutual_tls_refuses_other_clients(mtls: Any, dev_certs: Any, client_kind
 
 def test_with_tls_http_binds_loopback_only(cpu_repo: Path, dev_certs: Any) -> None:
     """Triton's HTTP has no TLS: on the network it would bypass TLS and client certificates."""
-    from server.triton import TLS, ServerConfig, TritonServer, plan_models
+    from cxr.server.triton import TLS, ServerConfig, TritonServer, plan_models
 
     tls = TLS(dev_certs.server_cert, dev_certs.server_key)
     server = TritonServer(ServerConfig(cpu_repo, host="0.0.0.0", tls=tls))

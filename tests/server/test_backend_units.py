@@ -23,8 +23,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, save
 from PIL import Image
 
-from client import contract
-from server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
+from cxr.client import contract
+from cxr.server.repository import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS
 
 SIZE = 4
 
@@ -115,7 +115,7 @@ def bytes_request(data: bytes) -> Request:
 
 
 def test_preprocess_fails_only_the_bad_request(pb_utils: ModuleType, tmp_path: Path) -> None:
-    from server.backend.preprocess import TritonPythonModel
+    from cxr.server.backend.preprocess import TritonPythonModel
 
     config = {
         "parameters": {contract.PARAM_IMAGE_SIZE: {"string_value": str(SIZE)}},
@@ -173,7 +173,7 @@ def classifier_config(threads: str) -> dict[str, Any]:
 
 
 def test_classifier_runs_the_batch_once_and_splits_it(pb_utils: ModuleType, tmp_path: Path):
-    from server.backend.classifier import TritonPythonModel
+    from cxr.server.backend.classifier import TritonPythonModel
 
     onnx_path = linear_classifier(tmp_path / "1" / "model.onnx")
     model = TritonPythonModel()
@@ -193,7 +193,7 @@ def test_classifier_runs_the_batch_once_and_splits_it(pb_utils: ModuleType, tmp_
 def test_classifier_refuses_an_onnx_that_differs_from_its_config(
     pb_utils: ModuleType, tmp_path: Path
 ) -> None:
-    from server.backend.classifier import TritonPythonModel
+    from cxr.server.backend.classifier import TritonPythonModel
 
     linear_classifier(tmp_path / "1" / "model.onnx")
     config = classifier_config("1")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from server.bench import Overrides, bench_repository, closed_loop, served_scheduling
-from server.bench_cli import bench_app
-from server.repository import CONFIG_FILE, VERSION, read_config
+from cxr.bench.serve import Overrides, bench_repository, closed_loop, served_scheduling
+from cxr.bench.cli import bench_app
+from cxr.server.repository import CONFIG_FILE, VERSION, read_config
 
 
 def test_closed_loop_measures_the_served_model(served: Any, deployed: str, image_size: int) -> None:

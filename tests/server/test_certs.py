@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from server.certs import DevCerts, make_dev_certs
+from cxr.server.certs import DevCerts, make_dev_certs
 
 HOSTS = ("localhost", "cxr.example.test", "127.0.0.1", "::1")
 

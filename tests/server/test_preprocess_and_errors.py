@@ -15,9 +15,9 @@ import tritonclient.grpc.aio as aioclient
 from fuzz_inputs import malformed_inputs
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from server.backend.config import MAX_REASON_CHARS, short_reason
-from server.repository import CONFIG_FILE, PREPROCESS_SCHEDULING, preprocess_config, read_config
+from cxr.client import contract
+from cxr.server.backend.config import MAX_REASON_CHARS, short_reason
+from cxr.server.repository import CONFIG_FILE, PREPROCESS_SCHEDULING, preprocess_config, read_config
 
 #: ``<code>: <reason>`` as the ensemble relays it from ``preprocess``.
 ANSWER = re.compile(r"in ensemble 'pneumonia', ([a-z_]+): (.*)$", re.DOTALL)
@@ -89,7 +89,7 @@ def test_errors_are_codes_and_short_reasons(served: Any, grpc: Any) -> None:
 
 def contract_codes() -> set[str]:
     """Codes a client may get from ``preprocess``: the decoder's, and ``decode_failed``."""
-    from client.decode_errors import DECODE_CODES
+    from cxr.client.decode_errors import DECODE_CODES
 
     return {*DECODE_CODES, "decode_failed"}
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from client import contract
-from server.check import check_repository
-from server.cli import repo_app
-from server.repository import (
+from cxr.client import contract
+from cxr.server.check import check_repository
+from cxr.server.cli import repo_app
+from cxr.server.repository import (
     CONFIG_FILE,
     LABELS_FILE,
     ONNX_FILE,
@@ -66,7 +66,7 @@ def add_engine(repo: Path, stamp: dict[str, Any] | None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from convert.tensorrt import sha256
+    from cxr.convert.tensorrt import sha256
 
     return sha256(path)
 

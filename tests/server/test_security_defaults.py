@@ -17,9 +17,9 @@ import typer
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from client import contract
-from server.private import UnsafeFolderError, private_folder
-from server.triton import ServerConfig, TritonServer, free_port
+from cxr.client import contract
+from cxr.server.private import UnsafeFolderError, private_folder
+from cxr.server.triton import ServerConfig, TritonServer, free_port
 
 RESTRICTED_MESSAGE = "This protocol is restricted"
 
@@ -118,7 +118,7 @@ def test_open_admin_and_explicit_control_when_asked(
 
 
 def test_metrics_bind_loopback_unless_asked(cpu_repo: Path, dev_certs: Any) -> None:
-    from server.triton import TLS, plan_models
+    from cxr.server.triton import TLS, plan_models
 
     tls = TLS(dev_certs.server_cert, dev_certs.server_key)
     server = TritonServer(ServerConfig(cpu_repo, host="0.0.0.0", tls=tls, admin_key="k"))
@@ -133,7 +133,7 @@ def test_metrics_bind_loopback_unless_asked(cpu_repo: Path, dev_certs: Any) -> N
 @pytest.fixture(scope="module")
 def serve_app() -> typer.Typer:
     """``cxr serve`` as a Typer app run in this process (refusals need no server)."""
-    from server.cli import serve_command
+    from cxr.server.cli import serve_command
 
     app = typer.Typer()
     app.command()(serve_command)
@@ -184,8 +184,8 @@ def test_private_folders_refuse_what_another_could_have_planted(tmp_path: Path) 
 def test_sibling_locks_live_in_the_servers_private_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.backend.siblings import Siblings
-    from server.private import RUNTIME_DIR_ENV
+    from cxr.server.backend.siblings import Siblings
+    from cxr.server.private import RUNTIME_DIR_ENV
 
     private = tmp_path / "server"
     private.mkdir(mode=0o700)

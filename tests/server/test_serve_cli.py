@@ -25,11 +25,11 @@ import tritonclient.grpc as grpcclient
 import typer
 from typer.testing import CliRunner
 
-from client import contract
-from server.backend.siblings import PREFIX as LOCK_PREFIX
-from server.private import RUNTIME_DIR_ENV
-from server.repository import ONNX_FILE, VERSION
-from server.triton import SHM_PREFIX, free_port
+from cxr.client import contract
+from cxr.server.backend.siblings import PREFIX as LOCK_PREFIX
+from cxr.server.private import RUNTIME_DIR_ENV
+from cxr.server.repository import ONNX_FILE, VERSION
+from cxr.server.triton import SHM_PREFIX, free_port
 
 START_DEADLINE_S = 180
 STOP_DEADLINE_S = 60
@@ -261,7 +261,7 @@ def test_a_signal_while_starting_stops_everything(cpu_repo: Path) -> None:
 @pytest.fixture(scope="module")
 def serve_app() -> typer.Typer:
     """``cxr serve`` as a Typer app, to run in this process (its refusals need no subprocess)."""
-    from server.cli import serve_command
+    from cxr.server.cli import serve_command
 
     app = typer.Typer()
     app.command()(serve_command)
@@ -362,7 +362,7 @@ def test_a_start_names_a_stale_server_of_ours(
 ) -> None:
     """A tritonserver whose cxr serve is gone (recorded in the run-time folder) holding the port:
     the refusal names it and says how to stop it, instead of a bare "port in use"."""
-    from server.triton import PidFile
+    from cxr.server.triton import PidFile
 
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
@@ -393,6 +393,6 @@ def test_a_start_names_a_stale_server_of_ours(
         stale.kill()
         stale.wait()
     # Once it is gone, its record is dropped.
-    from server.triton import stale_servers
+    from cxr.server.triton import stale_servers
 
     assert stale_servers() == [] and not record.path.exists()

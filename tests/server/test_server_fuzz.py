@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as aioclient
 from fuzz_inputs import malformed_inputs
 from tritonclient.utils import InferenceServerException
 
-from client import contract
+from cxr.client import contract
 
 COUNT = 160
 SEED = 20_241_121

@@ -16,11 +16,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from client.contract import GRPC_ADMIN_HEADER
-from client.imaging import load_model_input
-from convert.runtime import ort_session
-from server.repository import CONFIG_FILE, ONNX_FILE, VERSION, read_config
+from cxr.client import contract
+from cxr.client.contract import GRPC_ADMIN_HEADER
+from cxr.client.imaging import load_model_input
+from cxr.runtime.sessions import ort_session
+from cxr.server.repository import CONFIG_FILE, ONNX_FILE, VERSION, read_config
 
 #: Bound on any single call of these tests: nothing may hang.
 DEADLINE_S = 30

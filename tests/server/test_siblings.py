@@ -8,8 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from server.backend.config import intra_op_threads
-from server.backend.siblings import PREFIX, Siblings, remove_stale
+from cxr.server.backend.config import intra_op_threads
+from cxr.server.backend.siblings import PREFIX, Siblings, remove_stale
 
 
 def test_an_instance_sees_a_sibling_run_and_stop(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_sibling_killed_while_running_is_not_busy(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from server.backend.siblings import PREFIX, Siblings, remove_stale
+        from cxr.server.backend.siblings import PREFIX, Siblings, remove_stale
         with Siblings(Path({str(folder)!r}), "m_0_1", 2).running():
             print("running", flush=True)
             sys.stdin.read()

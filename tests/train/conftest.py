@@ -13,7 +13,7 @@ import pytest
 
 def synth_pixels(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     """A synthetic radiograph: class 0 clear lungs, any other class with opacities."""
-    from train.synth import synth_image
+    from cxr.train.synth import synth_image
 
     return synth_image(rng, size, pneumonia=label != 0)
 

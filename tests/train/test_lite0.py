@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.models import (
+from cxr.train.models import (
     PretrainedWeightsError,
     adapt_first_conv,
     backbone_for,

@@ -10,7 +10,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from train.metrics import (
+from cxr.train.metrics import (
     _BOOT_CHUNK,
     binary_metrics,
     bootstrap_auc_ci,
@@ -344,7 +344,7 @@ def assert_no_open_pyplot_figures() -> None:
 
 def test_plots_write_png_files(tmp_path):
     pytest.importorskip("matplotlib")
-    from train.plots import (
+    from cxr.train.plots import (
         plot_confusion_matrix,
         plot_precision_recall,
         plot_roc,
@@ -375,7 +375,7 @@ def test_plots_write_png_files(tmp_path):
 
 def test_plots_handle_single_class(tmp_path):
     pytest.importorskip("matplotlib")
-    from train.plots import plot_precision_recall, plot_roc
+    from cxr.train.plots import plot_precision_recall, plot_roc
 
     assert_png(plot_roc([1, 1, 1], [0.2, 0.5, 0.9], tmp_path / "roc.png"))
     assert_png(plot_precision_recall([0, 0, 0], [0.2, 0.5, 0.9], tmp_path / "pr.png"))
@@ -383,7 +383,7 @@ def test_plots_handle_single_class(tmp_path):
 
 def test_plot_confusion_matrix_shape_mismatch(tmp_path):
     pytest.importorskip("matplotlib")
-    from train.plots import plot_confusion_matrix
+    from cxr.train.plots import plot_confusion_matrix
 
     with pytest.raises(ValueError):
         plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "cm.png")

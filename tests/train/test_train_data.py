@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.imaging import load_model_input
-from train.data import (
+from cxr.client.imaging import load_model_input
+from cxr.train.data import (
     DatasetError,
     detect_format,
     fingerprint,

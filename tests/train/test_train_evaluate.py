@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
-from train.card import ModelCard
-from train.evaluate import evaluate
+from cxr.client import contract
+from cxr.train.card import ModelCard
+from cxr.train.evaluate import evaluate
 
 KEYS = {
     "n",
@@ -31,8 +31,8 @@ PLOTS = {"roc.png", "precision_recall.png", "confusion_matrix.png"}
 @pytest.fixture(scope="module")
 def onnx_file(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained run exported by conversion's ONNX exporter (model card in its metadata)."""
-    from convert.export import export_onnx
-    from train.models import load_trained
+    from cxr.convert.export import export_onnx
+    from cxr.train.models import load_trained
 
     model, card = load_trained(trained_run)
     return export_onnx(model, card, tmp_path_factory.mktemp("onnx") / "model.onnx")
@@ -91,7 +91,7 @@ def test_onnx_without_a_card_needs_a_threshold(
 ) -> None:
     import onnx
 
-    from convert.runtime import CARD_METADATA_KEY
+    from cxr.runtime.sessions import CARD_METADATA_KEY
 
     proto = onnx.load(str(onnx_file))
     kept = [p for p in proto.metadata_props if p.key != CARD_METADATA_KEY]

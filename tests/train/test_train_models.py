@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torchvision.models import ResNet18_Weights
 
-from train.models import (
+from cxr.train.models import (
     OFFLINE_PACKAGES,
     PretrainedWeightsError,
     Weights,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.card import CARD_FILE, CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
-from train.config import TrainConfig
-from train.models import OFFLINE_PACKAGES
-from train.trainer import select_epoch
+from cxr.train.card import CARD_FILE, CURVES_FILE, HISTORY_FILE, WEIGHTS_FILE, ModelCard
+from cxr.train.config import TrainConfig
+from cxr.train.models import OFFLINE_PACKAGES
+from cxr.train.trainer import select_epoch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ("--pretrained", "none", "--image-size", "16", "--epochs", "1", "--batch-size", "8")
@@ -152,7 +152,7 @@ def test_bad_options_exit_2(cxr, three_classes: Path, tmp_path: Path, option, me
 
 
 def test_cli_defaults_are_the_train_config_defaults() -> None:
-    from train.cli import train_command
+    from cxr.train.cli import train_command
 
     defaults = TrainConfig()
     parameters = inspect.signature(train_command).parameters

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from train.card import HISTORY_FILE, WEIGHTS_FILE, ModelCard
-from train.config import TrainConfig
-from train.models import imagenet_weights
-from train.trainer import select_epoch, train, weight_average
+from cxr.train.card import HISTORY_FILE, WEIGHTS_FILE, ModelCard
+from cxr.train.config import TrainConfig
+from cxr.train.models import imagenet_weights
+from cxr.train.trainer import select_epoch, train, weight_average
 
 
 def _row(epoch: int, auc: float, loss: float) -> dict:
