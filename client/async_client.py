@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from cxr.client.inputs import Input, as_items, fallback_source
-from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 from cxr.client.core import (
     ClientBase,
     Connection,
@@ -20,6 +18,8 @@ from cxr.client.core import (
     prepare,
     priority_level,
 )
+from cxr.client.inputs import Input, as_items, fallback_source
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 
 T = TypeVar("T")
 

@@ -359,9 +359,9 @@ def models_command(
     """
     import json
 
+    from cxr.client.core import admin_headers
     from cxr.client.network import is_loopback, url_host
     from cxr.client.protocol import TriageError
-    from cxr.client.core import admin_headers
     from cxr.client.sync_client import TriageClient
 
     if fmt not in ("table", "json"):

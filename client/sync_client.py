@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from cxr.client.inputs import Input, as_items
-from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 from cxr.client.core import (
     ClientBase,
     Connection,
@@ -17,6 +15,8 @@ from cxr.client.core import (
     prepare,
     priority_level,
 )
+from cxr.client.inputs import Input, as_items
+from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
 
 T = TypeVar("T")
 

@@ -48,8 +48,8 @@ def decode_command(
 
 def bench_decode(syntaxes: list[str], size: int, count: int, repeat: int) -> list[dict]:
     """One row per (syntax, bits stored): read / fast / reference ms per image and MP/s."""
-    from cxr.client.imaging import load_model_input
     from cxr.bench.decode_corpus import corpus, reference_model_input
+    from cxr.client.imaging import load_model_input
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="cxr-bench-decode-") as folder:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from bombs import BOMBS
 
+from cxr.bench.decode_corpus import encode, radiograph_dataset, synthetic_pixels
 from cxr.client import contract
 from cxr.client.imaging import ImageDecodeError
 from cxr.client.inputs import describe
-from cxr.bench.decode_corpus import encode, radiograph_dataset, synthetic_pixels
 
 HANG_S = 20.0  # 10x the 2 s the issue allows: a hang detector, not a speed assertion
 EXTRA_MB = 64

@@ -13,8 +13,6 @@ import pytest
 from fuzz_inputs import dicom_bytes
 from PIL import Image, PngImagePlugin
 
-from cxr.client.imaging import decode_image, load_model_input
-from cxr.client.inputs import Prepared, server_payload
 from cxr.bench.decode_corpus import (
     SYNTAXES,
     can_encode,
@@ -23,6 +21,8 @@ from cxr.bench.decode_corpus import (
     reference_model_input,
     synthetic_pixels,
 )
+from cxr.client.imaging import decode_image, load_model_input
+from cxr.client.inputs import Prepared, server_payload
 
 SIZES = (224, 64)
 #: syntax -> (rows, columns, bits, photometric): full-size, every combination seen at least once

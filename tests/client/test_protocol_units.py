@@ -11,6 +11,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from cxr.client import contract
+from cxr.client.core import PreparedRequest, discovery, prepare, priority_level
 from cxr.client.protocol import (
     Attempts,
     Backoff,
@@ -21,7 +22,6 @@ from cxr.client.protocol import (
     classify_error,
     to_prediction,
 )
-from cxr.client.core import PreparedRequest, discovery, prepare, priority_level
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 

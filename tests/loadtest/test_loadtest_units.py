@@ -26,7 +26,13 @@ from cxr.loadtest.runner import (
     read_stats,
 )
 from cxr.loadtest.sweep import Grid, Point, best_point
-from cxr.server.repository import Classifier, Scheduling, classifier_config, config_text, scheduling_of
+from cxr.server.repository import (
+    Classifier,
+    Scheduling,
+    classifier_config,
+    config_text,
+    scheduling_of,
+)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cxr.bench.serve import Overrides, bench_repository, closed_loop, served_scheduling
 from cxr.bench.cli import bench_app
+from cxr.bench.serve import Overrides, bench_repository, closed_loop, served_scheduling
 from cxr.server.repository import CONFIG_FILE, VERSION, read_config
 
 
