@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.client.contract import IMAGE, IMAGE_TRITON_DTYPE, PROBS
+from cxr.client.contract import HEATMAP, IMAGE, IMAGE_TRITON_DTYPE, PROBS
 from cxr.server.backend.config import intra_op_threads
 from cxr.server.repository import (
     CONFIG_FILE,
@@ -95,13 +95,15 @@ def session_cpu_seconds(session_id: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def infer_request(model: str, image: np.ndarray) -> Any:
-    """The gRPC ModelInferRequest of ``image`` for ``model``, built once and sent many times."""
+def infer_request(model: str, image: np.ndarray, outputs: tuple[str, ...] = (PROBS,)) -> Any:
+    """The gRPC ModelInferRequest of ``image`` for ``model`` asking for ``outputs``, built once
+    and sent many times."""
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest(model_name=model)
     request.inputs.add(name=IMAGE, datatype=IMAGE_TRITON_DTYPE, shape=list(image.shape))
-    request.outputs.add(name=PROBS)
+    for name in outputs:
+        request.outputs.add(name=name)
     request.raw_input_contents.append(np.ascontiguousarray(image).tobytes())
     return request
 
@@ -114,6 +116,7 @@ async def _closed_loop(
     seconds: float,
     clients: int,
     server_session: int | None,
+    outputs: tuple[str, ...],
 ) -> LoadResult:
     import grpc
     from tritonclient.grpc import service_pb2_grpc
@@ -122,7 +125,7 @@ async def _closed_loop(
     # beyond the call itself (tritonclient's InferInput/InferResult wrapping is left out).
     channels = [grpc.aio.insecure_channel(url) for _ in range(clients)]
     stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
-    request = infer_request(model, image)
+    request = infer_request(model, image, outputs)
     latencies: list[float] = []
     errors: list[str] = []
     measuring = False
@@ -184,17 +187,29 @@ def closed_loop(
     seconds: float,
     clients: int = 1,
     server_session: int | None = None,
+    outputs: tuple[str, ...] = (PROBS,),
 ) -> LoadResult:
-    """Batch-1 requests of ``image`` [1, 1, S, S] from ``concurrency`` loops over ``clients``
-    gRPC channels for ``seconds`` (after a short warm-up). With ``server_session`` (the session
-    id of a server on this machine) the CPU time of server and client is measured too."""
+    """Batch-1 requests of ``image`` [1, 1, S, S] asking for ``outputs`` from ``concurrency``
+    loops over ``clients`` gRPC channels for ``seconds`` (after a short warm-up). With
+    ``server_session`` (the session id of a server on this machine) the CPU time of server and
+    client is measured too."""
     if concurrency < 1 or clients < 1 or seconds <= 0:
         raise ValueError("concurrency, clients and seconds must be positive")
+    clients = min(clients, concurrency)
     return asyncio.run(
-        _closed_loop(
-            url, model, image, concurrency, seconds, min(clients, concurrency), server_session
-        )
+        _closed_loop(url, model, image, concurrency, seconds, clients, server_session, outputs)
     )
+
+
+def response_bytes(url: str, model: str, image: np.ndarray, outputs: tuple[str, ...]) -> int:
+    """Size of the serialized gRPC response to one request asking for ``outputs``."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(infer_request(model, image, outputs), timeout=REQUEST_TIMEOUT_S)
+    return reply.ByteSize()
 
 
 def bench_repository(repo: Path, model: str, overrides: Overrides, out: Path) -> tuple[Path, Path]:
@@ -263,10 +278,12 @@ def bench_serve(
     clients: int = 1,
     overrides: Overrides | None = None,
     repeats: int = 1,
+    heatmaps: bool = False,
 ) -> dict:
-    """Served (concurrency ``concurrency`` and 1, batch-1 requests) against in-process
-    onnxruntime (batch ``concurrency`` and 1, all cores) for ``model`` of ``repo``, alternating
-    the two ``repeats`` times (medians reported). Returns a report."""
+    """Served (concurrency ``concurrency`` and 1, batch-1 requests, asking for ``HEATMAP`` too
+    with ``heatmaps``) against in-process onnxruntime (batch ``concurrency`` and 1, all cores)
+    for ``model`` of ``repo``, alternating the two ``repeats`` times (medians reported). Returns
+    a report."""
     from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     overrides = overrides or Overrides()
@@ -278,6 +295,7 @@ def bench_serve(
         scheduling = served_scheduling(served_repo, model)
         spin = bool(scheduling["spin"])  # the same on both sides
         image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
+        outputs = (PROBS, HEATMAP) if heatmaps else (PROBS,)
         config = ServerConfig(
             served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
         )
@@ -289,6 +307,7 @@ def bench_serve(
                 if server.failed_models():
                     raise RuntimeError(f"{model} did not load: {server.failed_models()}")
                 assert server.process is not None
+                reply_bytes = response_bytes(server.grpc_url, model, image, outputs)
                 for repeat in range(repeats):
                     for level in (concurrency, 1):  # the server idles while in-process runs
                         row = inprocess(onnx_path, level, seconds, spin)
@@ -302,6 +321,7 @@ def bench_serve(
                             seconds,
                             clients if level > 1 else 1,
                             server.process.pid,  # its own session: tritonserver and stubs
+                            outputs,
                         )
                         images, runs = np.subtract(
                             _counts(server.grpc_url, model, server.admin_headers), before
@@ -323,6 +343,8 @@ def bench_serve(
         "scheduling": scheduling,
         "omp_num_threads": overrides.omp_threads or os.environ.get("OMP_NUM_THREADS", "1"),
         "grpc_clients": min(clients, concurrency),
+        "outputs": list(outputs),
+        "response_bytes": reply_bytes,
         "seconds": seconds,
         "inprocess": inproc_rows,
         "served": served_rows,

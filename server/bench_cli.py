@@ -56,6 +56,9 @@ def serve_command(
     repeats: Annotated[
         int, typer.Option(min=1, help="Alternate in-process and served this many times.")
     ] = 1,
+    heatmaps: Annotated[
+        bool, typer.Option(help="Served requests ask for HEATMAP besides PROBS.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON, not tables.")] = False,
 ) -> None:
     """Served throughput (concurrency N, batch-1 requests over gRPC) against in-process
@@ -70,7 +73,9 @@ def serve_command(
         raise typer.Exit(2)
     overrides = Overrides(instances, threads, delay_us, omp_threads, spin)
     try:
-        report = bench_serve(repo, model, concurrency, seconds, clients, overrides, repeats)
+        report = bench_serve(
+            repo, model, concurrency, seconds, clients, overrides, repeats, heatmaps
+        )
     except (ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(2) from err
@@ -79,7 +84,9 @@ def serve_command(
         return
     print_rows(f"{model}: onnxruntime in-process, {report['onnx']}", report["inprocess"])
     print_rows(
-        f"{model}: served, batch-1 requests over gRPC, {report['scheduling']}", report["served"]
+        f"{model}: served, batch-1 requests over gRPC asking for {', '.join(report['outputs'])} "
+        f"({report['response_bytes']} bytes per response), {report['scheduling']}",
+        report["served"],
     )
     ratio, cpu, gap = (
         report[k] for k in ("throughput_ratio", "cpu_efficiency_ratio", "p99_gap_ms")
