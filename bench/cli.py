@@ -143,6 +143,9 @@ def serve_bench_command(
     repeats: Annotated[
         int, typer.Option(min=1, help="Alternate in-process and served this many times.")
     ] = 1,
+    heatmaps: Annotated[
+        bool, typer.Option(help="Served requests ask for HEATMAP besides PROBS.")
+    ] = False,
     json_out: JsonOut = False,
 ) -> None:
     """Served throughput (concurrency N, batch-1 requests over gRPC) against in-process
@@ -156,7 +159,9 @@ def serve_bench_command(
         raise fail(f"{repo}: no model {model}")
     overrides = Overrides(instances, threads, delay_us, omp_threads, spin)
     try:
-        report = bench_serve(repo, model, concurrency, seconds, clients, overrides, repeats)
+        report = bench_serve(
+            repo, model, concurrency, seconds, clients, overrides, repeats, heatmaps
+        )
     except (ValueError, RuntimeError) as err:
         raise fail(str(err)) from err
     if json_out:
@@ -164,7 +169,9 @@ def serve_bench_command(
         return
     print_rows(f"{model}: onnxruntime in-process, {report['onnx']}", report["inprocess"])
     print_rows(
-        f"{model}: served, batch-1 requests over gRPC, {report['scheduling']}", report["served"]
+        f"{model}: served, batch-1 requests over gRPC asking for {', '.join(report['outputs'])} "
+        f"({report['response_bytes']} bytes per response), {report['scheduling']}",
+        report["served"],
     )
     ratio, cpu, gap = (
         report[k] for k in ("throughput_ratio", "cpu_efficiency_ratio", "p99_gap_ms")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.client.contract import HEATMAP, PROBS
 from cxr.server.backend.config import PARAM_MODEL_FILE, PARAM_SPIN, PARAM_THREADS, intra_op_threads
 from cxr.server.repository import (
     CONFIG_FILE,
@@ -84,11 +85,12 @@ def closed_loop(
     seconds: float,
     clients: int = 1,
     server_pid: int | None = None,
+    outputs: tuple[str, ...] = (PROBS,),
 ) -> LoadResult:
-    """Batch-1 requests of ``image`` [1, 1, S, S] from ``concurrency`` loops over ``clients`` gRPC
-    channels for ``seconds`` after a short warm-up (the load test's own generator, with no STAT
-    share). With ``server_pid`` (a server on this machine) the CPU time of its processes and of
-    this one over the measured window too."""
+    """Batch-1 requests of ``image`` [1, 1, S, S] asking for ``outputs`` from ``concurrency``
+    loops over ``clients`` gRPC channels for ``seconds`` after a short warm-up (the load test's
+    own generator, with no STAT share). With ``server_pid`` (a server on this machine) the CPU
+    time of its processes and of this one over the measured window too."""
     from cxr.loadtest.baseline import BaselineSettings, metered_baseline
     from cxr.loadtest.memory import cpu_seconds
     from cxr.loadtest.payloads import target_of
@@ -106,7 +108,7 @@ def closed_loop(
     def meter() -> tuple[float, float]:
         return cpu_seconds(server_pid or 0), time.process_time()
 
-    target = target_of(model, [image])
+    target = target_of(model, [image], outputs)
     meter_or_none = meter if server_pid else None
     result, spent = metered_baseline(settings, target, meter_or_none, min(clients, concurrency))
     stats = result.stats["Aggregated"]
@@ -126,6 +128,20 @@ def closed_loop(
         None if server_cpu is None else round(server_cpu, 2),
         None if client_cpu is None else round(client_cpu, 2),
     )
+
+
+def response_bytes(url: str, model: str, image: np.ndarray, outputs: tuple[str, ...]) -> int:
+    """Size of the serialized gRPC response to one request asking for ``outputs``."""
+    import tritonclient.grpc as grpcclient
+
+    from cxr.loadtest.payloads import target_of
+
+    target = target_of(model, [image], outputs)
+    with grpcclient.InferenceServerClient(url) as client:
+        reply = client.infer(
+            model, target.inputs[0], outputs=target.outputs, client_timeout=REQUEST_TIMEOUT_S
+        )
+    return reply.get_response().ByteSize()
 
 
 def bench_repository(repo: Path, model: str, overrides: Overrides, out: Path) -> tuple[Path, Path]:
@@ -194,10 +210,12 @@ def bench_serve(
     clients: int = 1,
     overrides: Overrides | None = None,
     repeats: int = 1,
+    heatmaps: bool = False,
 ) -> dict:
-    """Served (concurrency ``concurrency`` and 1, batch-1 requests) against in-process
-    onnxruntime (batch ``concurrency`` and 1, all cores) for ``model`` of ``repo``, alternating
-    the two ``repeats`` times (medians reported). Returns a report."""
+    """Served (concurrency ``concurrency`` and 1, batch-1 requests, asking for ``HEATMAP`` too
+    with ``heatmaps``) against in-process onnxruntime (batch ``concurrency`` and 1, all cores)
+    for ``model`` of ``repo``, alternating the two ``repeats`` times (medians reported). Returns
+    a report."""
     from cxr.server.triton import ServerConfig, TritonServer, free_port
 
     overrides = overrides or Overrides()
@@ -209,6 +227,8 @@ def bench_serve(
         image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
         scheduling = served_scheduling(served_repo, model)
         spin = bool(scheduling["spin"])  # the same on both sides
+        image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
+        outputs = (PROBS, HEATMAP) if heatmaps else (PROBS,)
         config = ServerConfig(
             served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
         )
@@ -220,6 +240,7 @@ def bench_serve(
                 if server.failed_models():
                     raise RuntimeError(f"{model} did not load: {server.failed_models()}")
                 assert server.process is not None
+                reply_bytes = response_bytes(server.grpc_url, model, image, outputs)
                 for repeat in range(repeats):
                     for level in (concurrency, 1):  # the server idles while in-process runs
                         row = inprocess(onnx_path, level, seconds, spin)
@@ -233,6 +254,7 @@ def bench_serve(
                             seconds,
                             clients if level > 1 else 1,
                             server.process.pid,  # tritonserver and its stubs
+                            outputs,
                         )
                         images, runs = np.subtract(
                             _counts(server.grpc_url, model, server.admin_headers), before
@@ -254,6 +276,8 @@ def bench_serve(
         "scheduling": scheduling,
         "omp_num_threads": overrides.omp_threads or os.environ.get("OMP_NUM_THREADS", "1"),
         "grpc_clients": min(clients, concurrency),
+        "outputs": list(outputs),
+        "response_bytes": reply_bytes,
         "seconds": seconds,
         "inprocess": inproc_rows,
         "served": served_rows,

@@ -54,7 +54,7 @@ class AsyncTriageClient(ClientBase):
     async def model_info(self) -> ModelInfo:
         """The model requests go to, its image size, classes and operating threshold (cached)."""
         if self._info is None:
-            steps = discovery(self._model, self._server_preprocess)
+            steps = discovery(self._model, self._server_preprocess, self._heatmaps)
             name = next(steps)
             while True:
                 try:

@@ -30,6 +30,7 @@ from cxr.client.options import (
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from cxr.client.protocol import Prediction
     from cxr.client.results import RowWriter
     from cxr.client.sync_client import TriageClient
 
@@ -111,6 +112,14 @@ def predict_command(
     server_preprocess: Annotated[
         bool, typer.Option(help="Send files to the ensemble (server decodes).")
     ] = False,
+    heatmaps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ask for the heatmap too; write per input DIR/NAME.heatmap.png (the model "
+            "input with the map overlaid), named in the row's heatmap_file.",
+            metavar="DIR",
+        ),
+    ] = None,
     ssl: Ssl = False,
     root_cert: RootCert = None,
     client_cert: ClientCert = None,
@@ -120,12 +129,15 @@ def predict_command(
     """Triage images: one row per input, a result or a specific error.
 
     With --out, each row's source is the input's path relative to the folder of --out, and
-    carries the SHA-256 of the bytes that were triaged.
+    carries the SHA-256 of the bytes that were triaged (and heatmap_file, relative to it too).
     """
     import asyncio
 
     from cxr.client.results import (
+        COLUMNS,
         FORMATS,
+        HEATMAP_COLUMN,
+        HEATMAP_COLUMNS,
         OutputError,
         ResumeError,
         RowWriter,
@@ -145,6 +157,15 @@ def predict_command(
     if resume and overwrite:
         raise fail("--resume and --overwrite exclude each other")
     tls = tls_kwargs(ssl, root_cert, client_cert, client_key)
+    columns = COLUMNS
+    if heatmaps is not None:
+        from cxr.client.overlay import heatmap_folder
+
+        try:
+            heatmaps = heatmap_folder(heatmaps)
+        except ValueError as err:
+            raise fail(f"--heatmaps: {err}") from err
+        columns = HEATMAP_COLUMNS
     lock = None
     if out is not None:
         try:  # held until this process ends: no second run writes the same file
@@ -160,7 +181,7 @@ def predict_command(
         # any working directory.
         named = {(os.path.relpath(os.path.abspath(p), base) if base else p): p for p in inputs}
         try:
-            rows = read_rows(out, fmt) if resume and out else []
+            rows = read_rows(out, fmt, columns) if resume and out else []
             digests = {name: content_digest(Path(p)) if rows else None for name, p in named.items()}
             kept, todo = resume_plan(rows, digests)
         except ResumeError as err:
@@ -177,20 +198,29 @@ def predict_command(
             from cxr.client.async_client import AsyncTriageClient
             from cxr.client.protocol import TriageError
 
-            options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
+            options = {
+                "server_preprocess": server_preprocess,
+                "priority": priority,
+                "heatmaps": heatmaps is not None,
+                **tls,
+            }
             async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
                 try:
                     await triage.model_info()
                 except TriageError as err:
                     raise fail(f"cannot use {url}: {err}") from err
                 # Only now: a failed start leaves --out as it was.
-                writer = RowWriter(fmt, out, kept)
+                writer = RowWriter(fmt, out, kept, columns)
                 started = time.monotonic()
                 files = [named[name] for name in todo]
                 with _progress(console, len(todo)) as progress:
                     task = progress.add_task("triage", total=len(todo), failed=0)
                     async for i, result in triage.predict_stream(files, concurrency=concurrency):
-                        writer.write(result, source=todo[i])
+                        extra = {}
+                        if heatmaps is not None and result.ok:
+                            written = _write_overlay(heatmaps, todo[i], result)
+                            extra[HEATMAP_COLUMN] = os.path.relpath(written, base or ".")
+                        writer.write(result, source=todo[i], **extra)
                         if not result.ok:
                             failures[result.code] += 1
                         progress.update(task, advance=1, failed=failures.total())
@@ -216,6 +246,22 @@ def predict_command(
     finally:
         if out is not None and lock is not None:
             release_output(out, lock)
+
+
+def _write_overlay(folder: Path, source: str, prediction: Prediction) -> Path:
+    """Write the heatmap overlay of one prediction into ``folder``; its path."""
+    from cxr.client.overlay import write_overlay
+
+    assert prediction.heatmap is not None and prediction.image is not None
+    return write_overlay(
+        folder,
+        source,
+        prediction.image,
+        prediction.heatmap,
+        prediction.pneumonia_probability,
+        prediction.threshold,
+        prediction.urgent,
+    )
 
 
 def _close_quietly(writer: RowWriter | None, order: list[str]) -> None:

@@ -20,6 +20,12 @@ PROBS = "PROBS"
 PROBS_DTYPE = np.float32
 PROBS_TRITON_DTYPE = "FP32"
 
+#: Optional classifier output, sent only to clients that request it: the class activation map of
+#: the triage class on the last feature map, float32, shape [h, w], scaled per image to 0..1.
+HEATMAP = "HEATMAP"
+HEATMAP_DTYPE = np.float32
+HEATMAP_TRITON_DTYPE = "FP32"
+
 #: Ensemble / preprocess input: the encoded file (PNG, JPEG or DICOM bytes), BYTES, shape [1].
 IMAGE_BYTES = "IMAGE_BYTES"
 IMAGE_BYTES_TRITON_DTYPE = "BYTES"

@@ -77,6 +77,8 @@ class PreparedRequest:
     outputs: list[Any]
     #: SHA-256 of the bytes read for this request: the result is bound to this content.
     sha256: str = ""
+    #: The uint8 model input [S, S], kept for the heatmap it gets (``heatmaps=True`` only).
+    image: np.ndarray | None = None
 
 
 def priority_level(priority: str) -> int:
@@ -96,19 +98,21 @@ def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Fail
     """
     import tritonclient.grpc as grpcclient
 
-    source, digest = fallback_source(value, index), ""
+    source, digest, image = fallback_source(value, index), "", None
     try:
         prepared = describe(value, index)
         source = prepared.source
         if prepared.data is not None:
             digest = hashlib.sha256(prepared.data).hexdigest()
+        if not info.server_preprocess or info.heatmaps:  # the overlay needs the model input
+            image = local_model_input(value, prepared, info.image_size)
         if info.server_preprocess:
             payload = np.array([[server_payload(value, prepared)]], dtype=np.object_)
             tensor = grpcclient.InferInput(
                 contract.IMAGE_BYTES, [1, 1], contract.IMAGE_BYTES_TRITON_DTYPE
             )
         else:
-            payload = local_model_input(value, prepared, info.image_size)[None]
+            payload = image[None]
             tensor = grpcclient.InferInput(
                 contract.IMAGE, list(payload.shape), contract.IMAGE_TRITON_DTYPE
             )
@@ -117,12 +121,15 @@ def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Fail
         return Failure(source, err.code, str(err), digest)
     except Exception as err:
         return Failure(source, "decode_failed", f"{type(err).__name__}: {err}", digest)
-    outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]
-    return PreparedRequest(source, info.name, [tensor], outputs, digest)
+    names = [contract.PROBS, *([contract.HEATMAP] if info.heatmaps else [])]
+    outputs = [grpcclient.InferRequestedOutput(name) for name in names]
+    kept = image[0] if info.heatmaps and image is not None else None
+    return PreparedRequest(source, info.name, [tensor], outputs, digest, kept)
 
 
 def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float) -> Result:
-    """The result of one answered request: ``PROBS`` interpreted at the model's threshold."""
+    """The result of one answered request: ``PROBS`` interpreted at the model's threshold, and
+    ``HEATMAP`` when it was asked for."""
     probs = reply.as_numpy(contract.PROBS)
     if probs is None or len(probs) != 1:
         raise TriageError("bad_response", f"response has no single {contract.PROBS} row")
@@ -130,14 +137,22 @@ def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float
     version = str(reply.get_response().model_version)
     prediction = to_prediction(request.source, probs[0], info, version, latency)
     prediction.sha256 = request.sha256
+    if info.heatmaps:
+        heatmap = reply.as_numpy(contract.HEATMAP)
+        if heatmap is None or heatmap.ndim != 3 or len(heatmap) != 1:
+            raise TriageError("bad_response", f"response has no single {contract.HEATMAP} map")
+        prediction.heatmap, prediction.image = heatmap[0], request.image
     return prediction
 
 
-def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict, ModelInfo]:
+def discovery(
+    model: str | None, server_preprocess: bool, heatmaps: bool = False
+) -> Generator[str, dict, ModelInfo]:
     """Sans-IO model discovery: yields model names, receives their JSON configs.
 
     With no model named, the ``pneumonia`` ensemble says which classifier is deployed; requests go
     to that classifier with local preprocessing, or to the ensemble with ``server_preprocess``.
+    ``heatmaps``: requests ask for ``HEATMAP`` too (the classifier must have it).
     """
     target = model or contract.ENSEMBLE_MODEL
     config = yield target
@@ -153,14 +168,17 @@ def discovery(model: str | None, server_preprocess: bool) -> Generator[str, dict
         )
     else:
         send_to = target
-    return ModelInfo.from_configs(send_to, config, server_preprocess)
+    return ModelInfo.from_configs(send_to, config, server_preprocess, heatmaps)
 
 
 def discover(
-    get_config: Callable[[str], dict], model: str | None, server_preprocess: bool
+    get_config: Callable[[str], dict],
+    model: str | None,
+    server_preprocess: bool,
+    heatmaps: bool = False,
 ) -> ModelInfo:
     """Run :func:`discovery` with a synchronous ``get_config(name)`` returning a JSON config."""
-    steps = discovery(model, server_preprocess)
+    steps = discovery(model, server_preprocess, heatmaps)
     name = next(steps)
     while True:
         try:
@@ -186,6 +204,7 @@ class ClientBase:
         certificate_chain: str | None = None,
         headers: dict[str, str] | None = None,
         backoff: Backoff | None = None,
+        heatmaps: bool = False,
     ) -> None:
         self.connection = Connection(
             url, ssl, root_certificates, private_key, certificate_chain, timeout, headers
@@ -193,6 +212,7 @@ class ClientBase:
         self._client = self._connect(self.connection)
         self._model = model
         self._server_preprocess = server_preprocess
+        self._heatmaps = heatmaps
         self._priority = priority_level(priority)
         self._backoff = backoff or Backoff()
         self.outage = Outage(self._backoff.maximum)

@@ -45,11 +45,19 @@ class Prediction:
     latency_ms: float
     #: SHA-256 of the input's bytes (files and bytes; empty for in-memory images).
     sha256: str = ""
+    #: With ``heatmaps=True``: ``HEATMAP`` float32 [h, w] (0..1), the class activation map of the
+    #: triage class, and the uint8 model input [S, S] it lies on (decoded on the client).
+    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
     ok: bool = field(default=True, init=False)
 
     def as_row(self) -> dict[str, Any]:
-        """Flat dict for JSON/CSV output."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Flat dict for JSON/CSV output (the arrays left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAYS}
+
+
+#: Fields of :class:`Prediction` that hold arrays, not row values.
+_ARRAYS = ("heatmap", "image")
 
 
 @dataclass
@@ -92,12 +100,27 @@ class ModelInfo:
     classes: list[str]
     threshold: float
     server_preprocess: bool
+    #: Whether requests ask for ``HEATMAP`` too.
+    heatmaps: bool = False
 
     @classmethod
     def from_configs(
-        cls, name: str, classifier: dict[str, Any], server_preprocess: bool
+        cls,
+        name: str,
+        classifier: dict[str, Any],
+        server_preprocess: bool,
+        heatmaps: bool = False,
     ) -> ModelInfo:
-        """Build from the JSON config of the classifier that produces ``PROBS``."""
+        """Build from the JSON config of the classifier that produces ``PROBS``; ``heatmaps``
+        needs its ``HEATMAP`` output (a ``bad_model`` error when it has none)."""
+        outputs = {o.get("name") for o in classifier.get("output", [])}
+        if heatmaps and contract.HEATMAP not in outputs:
+            raise TriageError(
+                "bad_model",
+                f"model {classifier.get('name')!r} has no {contract.HEATMAP} output (exported "
+                "before heatmaps, or a backbone without an exact activation map): convert it "
+                "again with this version, or ask without heatmaps",
+            )
         params = {k: v.get("string_value", "") for k, v in classifier.get("parameters", {}).items()}
         missing = [k for k in (contract.PARAM_THRESHOLD, contract.PARAM_CLASSES) if k not in params]
         images = [i for i in classifier.get("input", []) if i.get("name") == contract.IMAGE]
@@ -113,6 +136,7 @@ class ModelInfo:
             classes=params[contract.PARAM_CLASSES].split(","),
             threshold=float(params[contract.PARAM_THRESHOLD]),
             server_preprocess=server_preprocess,
+            heatmaps=heatmaps,
         )
 
 

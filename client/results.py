@@ -55,6 +55,9 @@ COLUMNS = (
     "error",
     "probabilities",
 )
+#: The columns with ``--heatmaps``: the path of each input's overlay PNG added.
+HEATMAP_COLUMN = "heatmap_file"
+HEATMAP_COLUMNS = (*COLUMNS, HEATMAP_COLUMN)
 #: Width of a table written to a file or a pipe.
 TABLE_WIDTH = 200
 #: Longest time a flushed row may wait for ``fsync``.
@@ -116,11 +119,11 @@ def content_digest(path: Path) -> str | None:
         return None
 
 
-def to_row(result: Result) -> Row:
+def to_row(result: Result, columns: tuple[str, ...] = COLUMNS) -> Row:
     """A flat row with every column present (empty where not applicable)."""
     raw = result.as_row()
-    row = dict.fromkeys(COLUMNS, "")
-    row.update({k: v for k, v in raw.items() if k in COLUMNS})
+    row = dict.fromkeys(columns, "")
+    row.update({k: v for k, v in raw.items() if k in columns})
     if not result.ok:
         row["error_code"], row["error"] = raw["code"], raw["message"]
     return row
@@ -136,9 +139,10 @@ def journal_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.journal.jsonl")
 
 
-def read_rows(path: Path, fmt: str) -> list[Row]:
+def read_rows(path: Path, fmt: str, columns: tuple[str, ...] = COLUMNS) -> list[Row]:
     """Rows already in an output file (and its journal); raises :class:`ResumeError` when the
-    file holds something else, rather than let a new run overwrite it."""
+    file holds something else (for csv: other ``columns``), rather than let a new run
+    overwrite it."""
     if fmt not in RESUMABLE:
         raise ValueError(f"cannot resume from format {fmt!r}")
     rows = []
@@ -154,7 +158,7 @@ def read_rows(path: Path, fmt: str) -> list[Row]:
         return rows + _read_jsonl(journal_path(path))
     if fmt == "jsonl":
         return _read_jsonl(path)
-    return _read_csv(path)
+    return _read_csv(path, columns)
 
 
 def _read_text(path: Path) -> str:
@@ -191,12 +195,12 @@ def _read_jsonl(path: Path) -> list[Row]:
     return rows
 
 
-def _read_csv(path: Path) -> list[Row]:
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[Row]:
     text = _read_text(path)
     if not text:
         return []
     reader = csv.DictReader(io.StringIO("\n".join(_complete_lines(text)) + "\n"))
-    if tuple(reader.fieldnames or ()) != COLUMNS:
+    if tuple(reader.fieldnames or ()) != columns:
         raise ResumeError(f"{path} does not have the result columns: not a csv result file")
     return [row for row in reader if row.get("source") and None not in row.values()]
 
@@ -222,13 +226,21 @@ def resume_plan(rows: Iterable[Row], inputs: dict[str, str | None]) -> tuple[lis
 
 
 class RowWriter:
-    """Writes rows to a file or stdout in one of :data:`FORMATS`, starting with ``keep``."""
+    """Writes rows of ``columns`` to a file or stdout in one of :data:`FORMATS`, starting with
+    ``keep``."""
 
-    def __init__(self, fmt: str, path: Path | None, keep: Iterable[Row] = ()) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        path: Path | None,
+        keep: Iterable[Row] = (),
+        columns: tuple[str, ...] = COLUMNS,
+    ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         self.fmt = fmt
         self.path = path
+        self.columns = columns
         self.rows: list[Row] = list(keep)  # the rows of a table or json, written by close()
         self._stream: IO[str] | None = None
         self._csv: csv.DictWriter | None = None
@@ -251,12 +263,12 @@ class RowWriter:
         write_atomic(path, initial.getvalue())
         self._stream = path.open("a", encoding="utf-8", newline="")
         if self._csv is not None:
-            self._csv = csv.DictWriter(self._stream, fieldnames=COLUMNS, lineterminator="\n")
+            self._csv = csv.DictWriter(self._stream, fieldnames=self.columns, lineterminator="\n")
 
     def _begin(self, stream: IO[str]) -> None:
         self._stream = stream
         if self.fmt == "csv":
-            self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, lineterminator="\n")
+            self._csv = csv.DictWriter(stream, fieldnames=self.columns, lineterminator="\n")
             self._csv.writeheader()
         for row in self.rows:
             self._emit(row)
@@ -272,12 +284,13 @@ class RowWriter:
         else:
             self._stream.write(json.dumps(row) + "\n")
 
-    def write(self, result: Result, source: str | None = None) -> None:
-        """Record one result (under ``source`` when given); streamed and flushed at once for
-        jsonl/csv (and json's journal)."""
-        row = to_row(result)
+    def write(self, result: Result, source: str | None = None, **extra: str) -> None:
+        """Record one result (under ``source`` when given, with ``extra`` columns); streamed and
+        flushed at once for jsonl/csv (and json's journal)."""
+        row = to_row(result, self.columns)
         if source is not None:
             row["source"] = source
+        row.update({key: value for key, value in extra.items() if key in self.columns})
         if self.fmt in ("table", "json"):  # written at the end; streams keep nothing in memory
             self.rows.append(row)
         if self._stream is None:

@@ -26,6 +26,8 @@ class TriageClient(ClientBase):
 
     ``model=None`` follows the ``pneumonia`` ensemble to the deployed classifier and sends it
     locally decoded uint8 images; ``server_preprocess=True`` sends encoded files to the ensemble.
+    ``heatmaps=True`` asks for ``HEATMAP`` too: each :class:`Prediction` then has ``heatmap``
+    (the class activation map, 0..1) and ``image`` (the model input it lies on).
     Every call is bounded by ``timeout`` seconds, retries included: UNAVAILABLE (server down or
     restarting) and a full or timed-out server queue (``server_busy``) are retried with
     exponential backoff until then.
@@ -40,7 +42,9 @@ class TriageClient(ClientBase):
     def model_info(self) -> ModelInfo:
         """The model requests go to, its image size, classes and operating threshold (cached)."""
         if self._info is None:
-            self._info = discover(self.model_config, self._model, self._server_preprocess)
+            self._info = discover(
+                self.model_config, self._model, self._server_preprocess, self._heatmaps
+            )
         return self._info
 
     def model_config(self, name: str) -> dict[str, Any]:

@@ -24,7 +24,15 @@ from cxr.client.contract import (
 )
 from cxr.convert import gate, tensorrt
 from cxr.convert.calibrate import Int8Result
-from cxr.convert.export import Parity, contract_problems, embed_card, export_onnx, torch_parity
+from cxr.convert.export import (
+    Parity,
+    contract_problems,
+    embed_card,
+    export_onnx,
+    has_heatmap,
+    heatmap_agreement,
+    torch_parity,
+)
 from cxr.convert.gateset import PERTURBATIONS, GateSet, base_images, with_perturbations
 from cxr.convert.paired import CONFIDENCE
 from cxr.convert.quantize import CalibrationReader
@@ -45,6 +53,8 @@ from cxr.train.card import ModelCard
 from cxr.train.data import SPLIT_NAMES, TrainingData, fingerprint, load_split, load_training_data
 
 PARITY_IMAGES = 32
+#: Clean gate images on which each variant's ``HEATMAP`` is compared with FP32's (report only).
+HEATMAP_IMAGES = 256
 PRECISIONS = ("fp32", "int8", "fp16")
 TENSORRT_MODES = ("auto", "on", "off")
 #: What each variant is, for the report.
@@ -152,12 +162,13 @@ def convert_run(
 
     fp32 = Variant("fp32", export_onnx(model, card, work / "model_fp32.onnx"))
     clean = gate_set.conditions["clean"]
-    parity: Parity = torch_parity(model, fp32.path, clean[:PARITY_IMAGES])
-    if not parity.ok:
-        raise ConversionError(
-            f"FP32 ONNX differs from PyTorch by {parity.max_abs_diff:.2e} on {parity.output} "
-            f"(limit {parity.limit:.0e}); not published"
-        )
+    parity: list[Parity] = torch_parity(model, fp32.path, clean[:PARITY_IMAGES])
+    for check in parity:
+        if not check.ok:
+            raise ConversionError(
+                f"FP32 ONNX differs from PyTorch by {check.max_abs_diff:.2e} on {check.output} "
+                f"(limit {check.limit:.0e}); not published"
+            )
     reference = gate.model_scores(fp32.path, gate_set)
 
     def judge(path: Path) -> gate.Assessment:
@@ -174,6 +185,10 @@ def convert_run(
     ]
     for variant in variants:
         _record(variant)
+        if variant is not fp32:
+            variant.record["heatmap_vs_fp32"] = heatmap_agreement(
+                fp32.path, variant.path, clean[:HEATMAP_IMAGES]
+            )
     _bench_cpu(variants, opts)
     card_dict = {**asdict(card), "positive_class": card.positive_class}
     published = _publish(repo, variants, card_dict, opts, trt_missing)
@@ -185,7 +200,7 @@ def convert_run(
         "repo": str(repo),
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "card": {k: card_dict[k] for k in ("arch", "classes", "image_size", "threshold")},
-        "parity": [parity.as_dict()],
+        "parity": [check.as_dict() for check in parity],
         "calibration": {
             "source": calib_source,
             "images": reader.count,
@@ -330,26 +345,27 @@ def _make_variants(
         path = work / f"model_{name}.onnx"
         if name == tensorrt_variant("fp16"):
             variant = Variant(name, convert_fp16(fp32, path))
-            _finish(variant, card)
+            _finish(variant, card, fp32)
             variant.assessment = judge(path)
         else:
             flavour = "tensorrt" if name == tensorrt_variant("int8") else "cpu"
             result = make_int8(prepared, work, name, flavour, reader, methods, judge, repair)
             shutil.copyfile(result.path, path)
             variant = Variant(name, path, result.assessment, result)
-            _finish(variant, card)
+            _finish(variant, card, fp32)
         made.append(variant)
     for method in methods:
         cache_path(work, method).unlink(missing_ok=True)
     return made
 
 
-def _finish(variant: Variant, card: ModelCard) -> None:
-    """Check a made model against the tensor contract and embed its card (with its precision)."""
+def _finish(variant: Variant, card: ModelCard, fp32: Path) -> None:
+    """Check a made model against the tensor contract (with ``HEATMAP`` when the FP32 model has
+    it) and embed its card (with its precision)."""
     import onnx
 
     proto = onnx.load(str(variant.path))
-    problems = contract_problems(proto)
+    problems = contract_problems(proto, heatmap=has_heatmap(fp32))
     if problems:
         raise ConversionError(f"{variant.path}: breaks the tensor contract: {'; '.join(problems)}")
     embed_card(proto, card, {"precision": variant.int8.precision()} if variant.int8 else None)

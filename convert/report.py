@@ -144,6 +144,13 @@ def markdown(report: dict) -> str:
         lines.append(f"- **{r['model']}**: {r['description']}. {r.get('status', '')}.")
         if r.get("speed_note"):
             lines.append(f"  Speed: {r['speed_note']}.")
+        heatmap = r.get("heatmap_vs_fp32")
+        if heatmap:
+            lines.append(
+                f"  HEATMAP vs FP32 on {heatmap['images']} clean gate images: same peak cell "
+                f"{heatmap['same_peak']:.1%}, mean |diff| {heatmap['mean_abs_diff']:.4f}, max "
+                f"|diff| {heatmap['max_abs_diff']:.3f} (maps scaled 0..1)."
+            )
     for name, reason in report["not_made"].items():
         lines.append(f"- **{name}**: not made: {reason}.")
     trt = report["tensorrt"]

@@ -85,8 +85,11 @@ def prepare_target(
     return target_of(name, load_payloads(images, size))
 
 
-def target_of(model: str, images: list[np.ndarray]) -> Target:
-    """The target ``model`` with ``images`` (each [1, 1, S, S] uint8) as its payloads."""
+def target_of(
+    model: str, images: list[np.ndarray], outputs: tuple[str, ...] = (contract.PROBS,)
+) -> Target:
+    """The target ``model`` with ``images`` (each [1, 1, S, S] uint8) as its payloads, asking for
+    ``outputs``."""
     import tritonclient.grpc as grpcclient
 
     inputs = []
@@ -96,5 +99,5 @@ def target_of(model: str, images: list[np.ndarray]) -> Target:
         )
         tensor.set_data_from_numpy(image)
         inputs.append([tensor])
-    outputs = [grpcclient.InferRequestedOutput(contract.PROBS)]
-    return Target(model, inputs, outputs, images[0].size)
+    requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+    return Target(model, inputs, requested, images[0].size)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cxr.client.contract import IMAGE, PROBS
+from cxr.client.contract import HEATMAP, IMAGE, PROBS
 
 #: ONNX metadata key holding the model card (JSON), so an .onnx file explains itself.
 CARD_METADATA_KEY = "cxr_card"
@@ -36,8 +36,18 @@ def ort_session(path: Path, threads: int | None = None, spin: bool = True) -> An
 
 def run_probs(session: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """``PROBS`` for uint8 ``images`` [N, 1, S, S], run in chunks of ``batch``."""
+    return run_output(session, PROBS, images, batch)
+
+
+def run_heatmaps(session: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """``HEATMAP`` [N, h, w] for uint8 ``images`` [N, 1, S, S], run in chunks of ``batch``."""
+    return run_output(session, HEATMAP, images, batch)
+
+
+def run_output(session: Any, name: str, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """One output of the session for uint8 ``images`` [N, 1, S, S], in chunks of ``batch``."""
     chunks = [
-        session.run([PROBS], {IMAGE: images[start : start + batch]})[0]
+        session.run([name], {IMAGE: images[start : start + batch]})[0]
         for start in range(0, len(images), batch)
     ]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)

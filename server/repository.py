@@ -86,6 +86,19 @@ class Classifier:
         """Whether this variant is served as a TensorRT plan."""
         return contract.is_tensorrt(self.variant)
 
+    def heatmap_dims(self) -> list[int] | None:
+        """``[h, w]`` of the model file's ``HEATMAP`` output; None when it has none (a backbone
+        without an exact activation map, or an ONNX exported before heatmaps)."""
+        if self.model_file.suffix != ".onnx":
+            return None
+        import onnx
+
+        graph = onnx.load(str(self.model_file), load_external_data=False).graph
+        for output in graph.output:
+            if output.name == contract.HEATMAP:
+                return [d.dim_value for d in output.type.tensor_type.shape.dim[1:]]
+        return None
+
 
 def config_text(config: mc.ModelConfig) -> str:
     """A ModelConfig as ``config.pbtxt`` text."""
@@ -145,6 +158,27 @@ def _parameters(config: mc.ModelConfig, values: dict[str, Any]) -> None:
         config.parameters[key].string_value = str(value)
 
 
+def _outputs(clf: Classifier) -> list[mc.ModelOutput]:
+    """``PROBS``, and ``HEATMAP`` where the model file has it (sent only when requested)."""
+    classes = list(clf.card["classes"])
+    outputs = [
+        mc.ModelOutput(
+            **_tensor(
+                contract.PROBS,
+                contract.PROBS_TRITON_DTYPE,
+                [len(classes)],
+                label_filename=LABELS_FILE,
+            )
+        )
+    ]
+    dims = clf.heatmap_dims()
+    if dims:
+        outputs.append(
+            mc.ModelOutput(**_tensor(contract.HEATMAP, contract.HEATMAP_TRITON_DTYPE, dims))
+        )
+    return outputs
+
+
 def classifier_config(clf: Classifier, scheduling: Scheduling) -> mc.ModelConfig:
     """Config of one classifier variant: dynamic batching with two priority levels."""
     card = clf.card
@@ -153,11 +187,7 @@ def classifier_config(clf: Classifier, scheduling: Scheduling) -> mc.ModelConfig
         name=clf.name,
         max_batch_size=scheduling.max_batch_size,
         input=[mc.ModelInput(**_tensor(contract.IMAGE, "UINT8", [1, size, size]))],
-        output=[
-            mc.ModelOutput(
-                **_tensor(contract.PROBS, "FP32", [len(classes)], label_filename=LABELS_FILE)
-            )
-        ],
+        output=_outputs(clf),
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
     )
     if clf.tensorrt:
@@ -243,18 +273,15 @@ def preprocess_config(image_size: int, max_batch_size: int) -> mc.ModelConfig:
 
 
 def ensemble_config(deployed: Classifier, max_batch_size: int) -> mc.ModelConfig:
-    """Config of the ``pneumonia`` ensemble: preprocess -> the deployed classifier."""
-    classes = deployed.card["classes"]
+    """Config of the ``pneumonia`` ensemble: preprocess -> the deployed classifier (whose
+    outputs it returns, ``HEATMAP`` included where the classifier has it)."""
+    outputs = _outputs(deployed)
     config = mc.ModelConfig(
         name=contract.ENSEMBLE_MODEL,
         platform="ensemble",
         max_batch_size=max_batch_size,
         input=[mc.ModelInput(**_tensor(contract.IMAGE_BYTES, "STRING", [1]))],
-        output=[
-            mc.ModelOutput(
-                **_tensor(contract.PROBS, "FP32", [len(classes)], label_filename=LABELS_FILE)
-            )
-        ],
+        output=outputs,
     )
     steps = config.ensemble_scheduling.step
     first = steps.add(model_name=contract.PREPROCESS_MODEL, model_version=-1)
@@ -262,7 +289,8 @@ def ensemble_config(deployed: Classifier, max_batch_size: int) -> mc.ModelConfig
     first.output_map[contract.IMAGE] = "decoded_image"
     second = steps.add(model_name=deployed.name, model_version=-1)
     second.input_map[contract.IMAGE] = "decoded_image"
-    second.output_map[contract.PROBS] = contract.PROBS
+    for output in outputs:
+        second.output_map[output.name] = output.name
     _parameters(config, {contract.PARAM_DEPLOYED_MODEL: deployed.name})
     return config
 

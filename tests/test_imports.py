@@ -1,5 +1,5 @@
-"""The import-weight rule: the client never pulls torch, torchvision or onnx (its start-up time
-is a benchmark, ``cxr bench startup``, not a test)."""
+"""The import-weight rule: the client never pulls torch, torchvision, onnx or matplotlib (its
+start-up time is a benchmark, ``cxr bench startup``, not a test)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "locust")
+HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "locust", "matplotlib")
 CLIENT_MODULES = (
     "cxr.client",
     "cxr.client.contract",
@@ -18,6 +18,7 @@ CLIENT_MODULES = (
     "cxr.client.sync_client",
     "cxr.client.async_client",
     "cxr.client.results",
+    "cxr.client.overlay",
 )
 
 

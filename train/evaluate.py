@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Report:
     scores: np.ndarray  # 1 - P(normal)
     classes: list[str]
     predicted: np.ndarray  # argmax class per image
+    #: Heatmap overlays written (``heatmaps``): outcome (TP, FP, FN) -> paths.
+    overlays: dict[str, list[Path]] = field(default_factory=dict)
 
     def write_plots(self, folder: Path) -> list[Path]:
         """ROC, precision-recall and confusion-matrix PNGs."""
@@ -48,6 +50,8 @@ class Predictor:
     classes: list[str]
     threshold: float
     predict: Any  # Callable[[np.ndarray], np.ndarray]
+    #: ``HEATMAP`` [N, h, w] for uint8 images (Callable[[np.ndarray], np.ndarray]).
+    heatmaps: Any = None
 
 
 def open_predictor(model: str, url: str | None, threshold: float | None = None) -> Predictor:
@@ -75,7 +79,7 @@ def open_predictor(model: str, url: str | None, threshold: float | None = None) 
 def _run_dir(path: Path) -> Predictor:
     import torch
 
-    from cxr.train.models import load_trained
+    from cxr.train.models import HeatmapUnsupportedError, cam_weights, load_trained
     from cxr.train.trainer import predict_probs
 
     try:
@@ -83,16 +87,33 @@ def _run_dir(path: Path) -> Predictor:
     except RunDirError as err:
         raise EvaluationError(str(err)) from err
     device = torch.device("cpu")
+
+    def heatmaps(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.probs_and_heatmap(torch.from_numpy(images))[1].numpy()
+
+    try:
+        cam_weights(model.backbone)
+    except HeatmapUnsupportedError:
+        heatmaps = None  # type: ignore[assignment]
     return Predictor(
         card.image_size,
         card.classes,
         card.threshold,
         lambda images: predict_probs(model, images, device),
+        heatmaps,
     )
 
 
 def _onnx(path: Path, threshold: float | None) -> Predictor:
-    from cxr.runtime.sessions import onnx_card, onnx_image_size, ort_session, run_probs
+    from cxr.client.contract import HEATMAP
+    from cxr.runtime.sessions import (
+        onnx_card,
+        onnx_image_size,
+        ort_session,
+        run_heatmaps,
+        run_probs,
+    )
 
     try:
         session = ort_session(path)
@@ -100,6 +121,7 @@ def _onnx(path: Path, threshold: float | None) -> Predictor:
     except Exception as err:  # onnxruntime raises its own types for a bad file
         raise EvaluationError(f"{path}: cannot load ONNX model ({err})") from err
     card = onnx_card(session) or {}
+    outputs = {o.name for o in session.get_outputs()}
     if "threshold" not in card and threshold is None:
         raise EvaluationError(f"{path}: no model card in its metadata; pass --threshold")
     return Predictor(
@@ -107,6 +129,7 @@ def _onnx(path: Path, threshold: float | None) -> Predictor:
         card.get("classes", []),
         card.get("threshold", threshold),
         lambda images: run_probs(session, images),
+        (lambda images: run_heatmaps(session, images)) if HEATMAP in outputs else None,
     )
 
 
@@ -119,20 +142,38 @@ def _served(url: str, model: str) -> Predictor:
     except TriageError as err:
         raise EvaluationError(f"{url} {model}: {err}") from err
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        results = client.predict(list(images))
+    def answered(triage: TriageClient, images: np.ndarray) -> list:
+        results = triage.predict(list(images))
         failed = [r for r in results if not r.ok]
         if failed:
             raise EvaluationError(f"{len(failed)} requests failed, first: {failed[0].message}")
+        return results
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        results = answered(client, images)
         return np.array([list(r.probabilities.values()) for r in results], np.float32)
 
-    return Predictor(info.image_size, info.classes, info.threshold, predict)
+    def heatmaps(images: np.ndarray) -> np.ndarray:
+        with TriageClient(url, model, heatmaps=True) as triage:
+            try:
+                return np.stack([r.heatmap for r in answered(triage, images)])
+            except TriageError as err:
+                raise EvaluationError(f"{url} {model}: {err}") from err
+
+    return Predictor(info.image_size, info.classes, info.threshold, predict, heatmaps)
 
 
 def evaluate(
-    model: str, data: Path, split: str, threshold: float | None = None, url: str | None = None
+    model: str,
+    data: Path,
+    split: str,
+    threshold: float | None = None,
+    url: str | None = None,
+    heatmaps: Path | None = None,
 ) -> Report:
-    """Run ``model`` over ``split`` of ``data`` and compute the clinical metrics."""
+    """Run ``model`` over ``split`` of ``data`` and compute the clinical metrics; with
+    ``heatmaps`` (a folder), write heatmap overlays of a sample of each outcome
+    (:func:`write_outcome_overlays`)."""
     predictor = open_predictor(model, url, threshold)
     part = load_split(data, split, predictor.image_size)
     if len(part) == 0:
@@ -140,10 +181,66 @@ def evaluate(
     probs = predictor.predict(part.images)
     labels = (part.labels != 0).astype(np.int64)
     scores = metrics.triage_scores(probs)
-    return Report(
+    report = Report(
         metrics.binary_metrics(labels, scores, predictor.threshold),
         labels,
         scores,
         predictor.classes,
         probs.argmax(axis=1),
     )
+    if heatmaps is not None:
+        sources = part.sources or [f"{split}:{i}" for i in range(len(part))]
+        report.overlays = write_outcome_overlays(
+            heatmaps, predictor, part.images, sources, labels, scores
+        )
+    return report
+
+
+#: Overlays per outcome that ``cxr evaluate --heatmaps`` writes at most.
+OVERLAYS_PER_OUTCOME = 8
+
+
+def write_outcome_overlays(
+    folder: Path,
+    predictor: Predictor,
+    images: np.ndarray,
+    sources: list[str],
+    labels: np.ndarray,
+    scores: np.ndarray,
+) -> dict[str, list[Path]]:
+    """Heatmap overlays of up to :data:`OVERLAYS_PER_OUTCOME` true positives, false positives
+    and false negatives each (a seeded random sample), named ``TP_...``, ``FP_...``, ``FN_...``
+    in ``folder``."""
+    from cxr.client.overlay import heatmap_folder, write_overlay
+
+    try:
+        heatmap_folder(folder)
+    except ValueError as err:
+        raise EvaluationError(f"--heatmaps: {err}") from err
+    if predictor.heatmaps is None:
+        raise EvaluationError(
+            "--heatmaps: this model has no HEATMAP (a backbone without an exact class "
+            "activation map, or an ONNX exported before heatmaps)"
+        )
+    urgent = scores >= predictor.threshold
+    outcomes = {"TP": urgent & (labels == 1), "FP": urgent & (labels == 0)}
+    outcomes["FN"] = ~urgent & (labels == 1)
+    rng = np.random.default_rng(0)
+    written: dict[str, list[Path]] = {}
+    for outcome, mask in outcomes.items():
+        found = np.flatnonzero(mask)
+        chosen = np.sort(rng.permutation(found)[:OVERLAYS_PER_OUTCOME])
+        maps = predictor.heatmaps(images[chosen]) if len(chosen) else []
+        written[outcome] = [
+            write_overlay(
+                folder,
+                f"{outcome}_{sources[i]}",
+                images[i, 0],
+                heatmap,
+                float(scores[i]),
+                predictor.threshold,
+                bool(urgent[i]),
+            )
+            for i, heatmap in zip(chosen, maps, strict=True)
+        ]
+    return written

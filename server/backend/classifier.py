@@ -9,7 +9,8 @@ One ``execute`` call gets every request the batcher gathered. A lone request run
 tensor as Triton handed it over (no copy); several are copied once into a buffer allocated at
 load time, run in one onnxruntime call, and the output rows are handed back as views. Nothing else
 is done per request: Triton has already checked names, dtypes, shapes and the batch size against
-the config, so ``execute`` only joins, runs and splits.
+the config, so ``execute`` only joins, runs and splits. Each request gets the outputs it asked for
+(``PROBS``; ``HEATMAP`` only when requested), and onnxruntime computes those the batch needs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr.client.contract import IMAGE, PROBS
+from cxr.client.contract import IMAGE
 from cxr.runtime.sessions import ort_session
 from cxr.runtime.tensors import config_tensor, session_signature, signature_problems
 from cxr.server.backend.config import (
@@ -85,7 +86,7 @@ class TritonPythonModel:
         (image,) = config["input"]
         shape = [int(config["max_batch_size"]), *(int(d) for d in image["dims"])]
         self.buffer = np.empty(shape, dtype=np.uint8)
-        self.outputs = [PROBS]
+        self.outputs = [output["name"] for output in config["output"]]
         self.name = args["model_name"]
 
     def execute(self, requests: list) -> list:
@@ -106,14 +107,16 @@ class TritonPythonModel:
         else:
             total = sum(len(a) for a in arrays)
             batch = np.concatenate(arrays, out=self.buffer[:total])
+        wanted = [set(r.requested_output_names()) for r in requests]
+        names = [name for name in self.outputs if any(name in w for w in wanted)]
         with self.siblings.running() if self.siblings else nullcontext(False) as crowded:
             session = self.shared if crowded else self.alone
-            probs = session.run(self.outputs, {IMAGE: batch})[0]
+            values = dict(zip(names, session.run(names, {IMAGE: batch}), strict=True))
         responses, start = [], 0
-        for array in arrays:
+        for array, asked in zip(arrays, wanted, strict=True):
             end = start + len(array)
-            tensor = pb_utils.Tensor(PROBS, probs[start:end])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            tensors = [pb_utils.Tensor(n, values[n][start:end]) for n in names if n in asked]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses
 

@@ -1,4 +1,5 @@
-"""FP32 export: contract I/O, dynamic batch, opset, checker, card metadata, parity with PyTorch."""
+"""FP32 export: contract I/O, dynamic batch, opset, checker, card metadata, parity with PyTorch
+(``PROBS`` and ``HEATMAP``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from cxr.client.contract import IMAGE, PROBS
+from cxr.client.contract import HEATMAP, IMAGE, PROBS
 from cxr.convert.export import OPSET, contract_problems, export_onnx, torch_parity
 from cxr.runtime.sessions import onnx_card, ort_session, run_probs
 
@@ -28,10 +29,13 @@ def test_export_follows_the_contract(exported) -> None:
     onnx.checker.check_model(proto, full_check=True)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= OPSET >= 19
     (image,) = proto.graph.input
-    (probs,) = proto.graph.output
-    assert (image.name, probs.name) == (IMAGE, PROBS)
+    probs, heatmap = proto.graph.output
+    assert (image.name, probs.name, heatmap.name) == (IMAGE, PROBS, HEATMAP)
     assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert probs.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert heatmap.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # ResNet-18 reduces 32 px by 32: a 1x1 last feature map.
+    assert [d.dim_value for d in heatmap.type.tensor_type.shape.dim[1:]] == [1, 1]
     dims = image.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch
     assert [d.dim_value for d in dims[1:]] == [1, card.image_size, card.image_size]
@@ -52,9 +56,10 @@ def test_parity_with_pytorch_on_real_images(exported, synthetic_data: Path) -> N
 
     model, card, path = exported
     images = load_split(synthetic_data, "val", card.image_size).images[:16]
-    parity = torch_parity(model, path, images)
-    assert parity.output == PROBS and parity.images == len(images) == 16
-    assert parity.ok and parity.max_abs_diff <= 1e-4
+    probs, heatmap = torch_parity(model, path, images)
+    assert probs.output == PROBS and probs.images == len(images) == 16
+    assert probs.ok and probs.max_abs_diff <= 1e-4
+    assert heatmap.output == HEATMAP and heatmap.ok
 
 
 def test_contract_problems_name_a_wrong_dtype(exported) -> None:

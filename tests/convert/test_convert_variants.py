@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from cxr.client.contract import IMAGE, PROBS
+from cxr.client.contract import HEATMAP, IMAGE, PROBS
 from cxr.convert.quantize import CalibrationReader, _stride, float_nodes
 from cxr.runtime.sessions import ort_session, run_probs
 
@@ -63,8 +63,9 @@ def test_int8_inserts_qdq_but_keeps_pre_and_post_processing_in_float(
     head = producer[softmax.input[0]]  # the classifier head gives float logits to Softmax
     assert head.op_type == "Gemm"
     assert all(producer[i].op_type != "DequantizeLinear" for i in head.input if i in producer)
-    (probs,) = model.graph.output
+    probs, heatmap = model.graph.output
     assert probs.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert heatmap.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert float_nodes(model)  # still found on the quantized graph
 
 
@@ -85,11 +86,14 @@ def test_tensorrt_flavour_is_symmetric_int8(converted: dict) -> None:
 
 
 def _conv_weight_scales(model: onnx.ModelProto) -> list[np.ndarray]:
-    """Scales of the DequantizeLinear nodes that feed a Conv its weights."""
+    """Scales of the DequantizeLinear nodes that feed a Conv its weights (every Conv but the
+    heatmap's, which stays in float)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
+    kept = set(float_nodes(model))
+    assert [n.op_type for n in model.graph.node if n.name in kept].count("Conv") == 1
     scales = []
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+    for conv in (n for n in model.graph.node if n.op_type == "Conv" and n.name not in kept):
         dq = producer.get(conv.input[1])
         assert dq is not None and dq.op_type == "DequantizeLinear", conv.name
         assert inits[dq.input[0]].dtype == np.int8
@@ -106,9 +110,10 @@ def test_fp16_has_float16_weights_and_float32_uint8_io(converted: dict) -> None:
         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     }
     assert float_types == {onnx.TensorProto.FLOAT16}
-    (image,), (probs,) = model.graph.input, model.graph.output
+    (image,), (probs, heatmap) = model.graph.input, model.graph.output
     assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert probs.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert heatmap.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     probs_out = run_probs(ort_session(Path(variant(converted, "trt_fp16")["file"])), images(8))
     assert probs_out.dtype == np.float32
     record = variant(converted, "trt_fp16")
@@ -123,11 +128,29 @@ def test_variants_carry_the_model_card(converted: dict) -> None:
         assert CARD_METADATA_KEY in meta, record["variant"]
 
 
-def test_float_nodes_are_the_normalisation_the_head_and_softmax(converted: dict) -> None:
+def test_every_variant_carries_the_heatmap_and_its_agreement_is_reported(converted: dict) -> None:
+    assert [p["output"] for p in converted["parity"]] == [PROBS, HEATMAP]
+    assert all(p["ok"] for p in converted["parity"])
+    for record in converted["variants"]:
+        outputs = {o.name for o in onnx.load(record["file"]).graph.output}
+        assert outputs == {PROBS, HEATMAP}, record["variant"]
+        agreement = record.get("heatmap_vs_fp32")
+        if record["variant"] == "fp32":
+            assert agreement is None
+        else:  # the session model's map is 1x1: one cell, the same peak everywhere
+            assert agreement["images"] > 0 and agreement["same_peak"] == 1.0
+
+
+def test_float_nodes_are_the_normalisation_the_head_the_heatmap_and_softmax(
+    converted: dict,
+) -> None:
     model = load(converted, "fp32")
     kinds = {n.name: n.op_type for n in model.graph.node}
     kept = [kinds[name] for name in float_nodes(model)]
-    assert kept == ["Cast", "Mul", "Sub", "Softmax", "Gemm"]
+    assert kept[:3] == ["Cast", "Mul", "Sub"] and kept[-2:] == ["Softmax", "Gemm"]
+    # Between them, the heatmap's path: its 1x1 convolution (the only Conv kept), ReLU, scaling.
+    assert kept.count("Conv") == 1
+    assert set(kept[3:-2]) <= {"Conv", "Relu", "MaxPool", "Neg", "Sub", "Clip", "Div", "Squeeze"}
 
 
 def test_calibration_reader_serves_equal_batches_in_ranges() -> None:

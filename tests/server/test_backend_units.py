@@ -56,9 +56,13 @@ class InferenceResponse:
 @dataclass
 class Request:
     tensors: list[Tensor]
+    requested: tuple[str, ...] = (contract.PROBS,)
 
     def inputs(self) -> list[Tensor]:
         return self.tensors
+
+    def requested_output_names(self) -> list[str]:
+        return list(self.requested)
 
 
 class Logger:

@@ -141,3 +141,42 @@ def test_missing_split_and_run_dir_without_card(cxr, trained_run: Path, tmp_path
     empty.mkdir()
     done = cxr("evaluate", empty, "--data", data)
     assert done.code == 2 and done.err_names(empty, "no card.json")
+
+
+@pytest.mark.parametrize("source", ["run_dir", "onnx", "served"])
+def test_heatmaps_overlay_a_sample_of_each_outcome(
+    request, trained_run: Path, synthetic_data: Path, tmp_path: Path, source: str
+) -> None:
+    """At threshold 0 every image is urgent: true positives and false positives, no false
+    negative; the session's model itself makes no error on the test split."""
+    from cxr.train.evaluate import OVERLAYS_PER_OUTCOME
+
+    model, url = str(trained_run), None
+    if source == "onnx":
+        model = str(request.getfixturevalue("onnx_file"))
+    elif source == "served":
+        model, url = contract.classifier_model("fp32"), request.getfixturevalue("triton").grpc_url
+    folder = tmp_path / "maps"
+    everyone = evaluate(model, synthetic_data, "test", 0.0, url, folder)
+    own = evaluate(model, synthetic_data, "test", None, url, tmp_path / "own")
+    counts = {kind: len(paths) for kind, paths in everyone.overlays.items()}
+    assert counts == {"TP": OVERLAYS_PER_OUTCOME, "FP": OVERLAYS_PER_OUTCOME, "FN": 0}
+    assert {kind: len(paths) for kind, paths in own.overlays.items()} == {
+        "TP": OVERLAYS_PER_OUTCOME, "FP": 0, "FN": 0
+    }  # fmt: skip
+    written = sorted(folder.iterdir())
+    assert written == sorted(p for paths in everyone.overlays.values() for p in paths)
+    assert all(
+        p.name[:3] in ("TP_", "FP_") and p.read_bytes().startswith(b"\x89PNG") for p in written
+    )
+
+
+def test_heatmaps_into_a_file_exit_2_before_evaluating(
+    cxr, trained_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"x")
+    done = cxr("evaluate", trained_run, "--data", synthetic_data, "--heatmaps", taken)
+    message = " ".join(done.err.split())  # the console wraps long lines
+    assert done.code == 2 and "--heatmaps:" in message and "is a file, not a folder" in message
+    assert "sensitivity" not in done.out and taken.read_bytes() == b"x"
