@@ -27,11 +27,11 @@ from client.imaging import (
     ImageDecodeError,
     as_gray,
     check_file_size,
-    decode_image,
     dicom_identity,
     dicom_to_gray,
     image_kind,
     is_dataset,
+    load_model_input,
     read_dicom,
     to_model_input,
 )
@@ -106,8 +106,9 @@ def read_file(path: Path) -> bytes:
 
 def local_model_input(value: Input, prepared: Prepared, size: int) -> np.ndarray:
     """Decode and resize on the client: uint8 ``[1, S, S]``."""
-    gray = decode_image(prepared.data) if prepared.data is not None else as_gray(value)
-    return to_model_input(gray, size)
+    if prepared.data is None:
+        return to_model_input(as_gray(value), size)
+    return load_model_input(prepared.data, size)
 
 
 def server_payload(value: Input, prepared: Prepared) -> bytes:
