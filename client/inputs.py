@@ -95,7 +95,11 @@ def read_file(path: Path) -> bytes:
             raise ImageDecodeError("unreadable", f"{path}: permission denied")
         check_file_size(info.st_size)  # before reading: never a multi-GB read to refuse it
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat()
+            # The size stat() gave, plus one byte: a buffer of the file's size, not of the limit
+            # (the limit's buffer cost 4-7 ms more per 13 MB DICOM here, in page faults).
+            data = handle.read(info.st_size + 1)
+            if len(data) > info.st_size:  # the file grew since stat(): read on to the limit
+                data += handle.read(MAX_FILE_BYTES + 1 - len(data))
         check_file_size(len(data))
         return data
     except FileNotFoundError as err:
