@@ -47,10 +47,11 @@ class AsyncTriageClient(ClientBase):
             raise ValueError(f"decode_workers must be at least 1, not {decode_workers}")
         super().__init__(*args, **kwargs)
         self._workers = decode_workers or default_decode_workers()
-        self._decoder = self._new_pool()
+        self._decoder = self._new_pool(self._workers)
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+    @staticmethod
+    def _new_pool(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc.aio as aioclient
@@ -159,22 +160,27 @@ class AsyncTriageClient(ClientBase):
         self, value: Input, index: int, info: ModelInfo
     ) -> PreparedRequest | Failure:
         """One input decoded in a process. A process that dies (a decoder crash, the OOM killer)
-        breaks the pool and every decode in it: those are retried in a new pool, and an input
-        that breaks a second one is a ``decode_failed`` row while the others go on."""
+        breaks the pool and every decode in flight in it: the pool is replaced, and each of
+        those inputs is decoded again in a process of its own, which only it can break (then it
+        is a ``decode_failed`` row) while the others go on."""
         loop = asyncio.get_running_loop()
         args = (value, index, info.server_preprocess, info.image_size)
-        for _ in range(2):
-            pool = self._decoder
+        pool = self._decoder
+        try:
+            payload = await loop.run_in_executor(pool, decode_input, *args)
+        except BrokenProcessPool:
+            if self._decoder is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._decoder = self._new_pool(self._workers)
+            alone = self._new_pool(1)
             try:
-                payload = await loop.run_in_executor(pool, decode_input, *args)
+                payload = await loop.run_in_executor(alone, decode_input, *args)
             except BrokenProcessPool:
-                if self._decoder is pool:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    self._decoder = self._new_pool()
-                continue
-            return payload if isinstance(payload, Failure) else to_request(payload, info)
-        message = "the decoding process died twice on this input (a decoder crash or out of memory)"
-        return Failure(fallback_source(value, index), "decode_failed", message)
+                message = "the decoding process died on this input (a decoder crash or no memory)"
+                return Failure(fallback_source(value, index), "decode_failed", message)
+            finally:
+                alone.shutdown(wait=False)
+        return payload if isinstance(payload, Failure) else to_request(payload, info)
 
     async def predict_one(
         self,

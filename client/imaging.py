@@ -29,7 +29,9 @@ Choices, in one place:
 - DICOM greyscale goes through one lookup table per file (:mod:`client.dicom_lut`), never a float
   copy of the frame.
 - Model input: centre-crop to a square on the short side, a whole-factor box reduction that keeps
-  it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize.
+  it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize. JPEG
+  whose values are shown as stored is decoded at the DCT scale that keeps the same gap
+  (:mod:`client.reduced`).
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ def decode_image(data: bytes, *, square: bool = False, target: int | None = None
     """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
     ``square``: greyscale DICOM may return only the centre square that
     :func:`to_model_input` keeps (the display scaling still uses the whole frame); ``target``:
-    the model input side the image is for, so JPEG and JPEG 2000 may be decoded at a reduced
-    resolution (:mod:`client.reduced`)."""
+    the model input side the image is for, so JPEG may be decoded at a reduced scale
+    (:mod:`client.reduced`)."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(

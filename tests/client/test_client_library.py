@@ -241,6 +241,7 @@ def test_a_decoding_process_that_dies_fails_only_its_input(triton, xray_pngs: li
             return await client.predict(inputs, concurrency=4)
 
     results = asyncio.run(run())
+    # The inputs in flight with it were decoded again, each in a process of its own.
     assert [r.ok for r in results] == [True] * 3 + [False] + [True] * 3
     assert results[3].code == "decode_failed" and "died" in results[3].message
 
