@@ -118,6 +118,9 @@ def predict_command(
     fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Decoding processes (default: one per core).")
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -201,6 +204,7 @@ def predict_command(
             from cxr.client.protocol import TriageError
 
             options = {"server_preprocess": server_preprocess, "priority": priority, **tls}
+            options["decode_workers"] = workers
             async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:
                 try:
                     await triage.model_info()
