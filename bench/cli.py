@@ -244,7 +244,7 @@ def decode_command(
     """ms/image and decoded MP/s (one core) of ``load_model_input`` and of the reference
     (pydicom pixel_array + modality/VOI LUT + Pillow resize) on generated 2000-3000 px DICOMs,
     with the speed-up, and how far each is from just reading the file."""
-    from cxr.bench.decode import bench_decode
+    from cxr.bench.decode import bench_decode, machine
     from cxr.bench.decode_corpus import SYNTAXES, can_encode
 
     names = syntax or list(SYNTAXES)
@@ -256,6 +256,7 @@ def decode_command(
         console.print(f"[yellow]skipping {name}: {why}[/yellow]")
     rows = bench_decode([n for n in names if n not in skipped], size, count, repeat, console.print)
     if json_out:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     elif rows:
-        print_rows(f"decode to {size}x{size}, one core, median of {repeat}", rows)
+        title = f"decode to {size}x{size}, one core, median of {repeat} interleaved; {machine()}"
+        print_rows(title, rows)

@@ -3,11 +3,27 @@ generates (``cxr bench decode``)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+def machine_isa() -> str:
+    """The widest x86 vector extensions of this CPU that matter to numpy and Pillow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "unknown"
+    found = [name for name in ("avx512_vnni", "avx512f", "avx2") if name in flags]
+    return "+".join(found) or "no AVX2"
+
+
+def machine() -> str:
+    """The ISA and the load average, printed with the figures (they move them)."""
+    return f"ISA {machine_isa()}, load average {os.getloadavg()[0]:.1f}"
 
 
 def bench_decode(
@@ -30,28 +46,33 @@ def bench_decode(
             for image in images:
                 path = Path(folder) / f"{image.name}.dcm"
                 path.write_bytes(image.data)
-                timings = {
-                    "read": _median(lambda p=path: p.read_bytes(), repeat),
-                    "fast": _median(lambda p=path: load_model_input(p.read_bytes(), size), repeat),
-                    "reference": _median(
-                        lambda p=path: reference_model_input(p.read_bytes(), size), repeat
-                    ),
-                    "mp": image.rows * image.columns / 1e6,
-                    "mb": len(image.data) / 2**20,
-                }
+                timings = _interleaved(
+                    {
+                        "read": lambda p=path: p.read_bytes(),
+                        "fast": lambda p=path: load_model_input(p.read_bytes(), size),
+                        "reference": lambda p=path: reference_model_input(p.read_bytes(), size),
+                    },
+                    repeat,
+                )
+                timings["mp"] = image.rows * image.columns / 1e6
+                timings["mb"] = len(image.data) / 2**20
                 groups.setdefault(image.bits, []).append(timings)
             rows += [_row(name, bits, timings) for bits, timings in sorted(groups.items())]
     return rows
 
 
-def _median(call: Callable[[], object], repeat: int) -> float:
-    call()  # warm: imports, page cache
-    times = []
+def _interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds of each call, the calls taking turns (a load that comes and goes on shared
+    cores weighs on every side alike)."""
+    for call in calls.values():
+        call()  # warm: imports, page cache
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _row(name: str, bits: int, timings: list[dict[str, float]]) -> dict:

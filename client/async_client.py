@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from cxr.client.core import (
     ClientBase,
     Connection,
     PreparedRequest,
+    decode_input,
     discovery,
     finish,
-    prepare,
     priority_level,
+    to_request,
 )
 from cxr.client.inputs import Input, as_items, fallback_source
 from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageError
@@ -24,27 +27,31 @@ from cxr.client.protocol import Attempts, Failure, ModelInfo, Result, TriageErro
 T = TypeVar("T")
 
 
-def default_decode_threads() -> int:
-    """Every core but one (at least one): the event loop and gRPC keep a core. Decoding threads
-    beyond the cores fight over the interpreter lock: on 2 cores, 2 threads cost 40 % more CPU
-    per decoded PNG than 1."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+def default_decode_workers() -> int:
+    """One decoding process per core this process may use: decoding holds the interpreter lock
+    in places, so threads would share one core's worth of it."""
+    return len(os.sched_getaffinity(0))
 
 
 class AsyncTriageClient(ClientBase):
     """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls, and
-    ``decode_threads``, default :func:`default_decode_threads`).
+    ``decode_workers``, default :func:`default_decode_workers`).
 
     :meth:`predict_stream` keeps ``concurrency`` requests in flight on one gRPC channel while
-    inputs are decoded in a pool of ``decode_threads`` threads.
+    inputs are read and decoded in ``decode_workers`` processes (spawned, never forked: gRPC's
+    threads do not survive a fork), started at the first decode.
     """
 
-    def __init__(self, *args: Any, decode_threads: int | None = None, **kwargs: Any) -> None:
-        if decode_threads is not None and decode_threads < 1:
-            raise ValueError(f"decode_threads must be at least 1, not {decode_threads}")
+    def __init__(self, *args: Any, decode_workers: int | None = None, **kwargs: Any) -> None:
+        if decode_workers is not None and decode_workers < 1:
+            raise ValueError(f"decode_workers must be at least 1, not {decode_workers}")
         super().__init__(*args, **kwargs)
-        threads = decode_threads or default_decode_threads()
-        self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="cxr-decode")
+        self._workers = decode_workers or default_decode_workers()
+        self._decoder = self._new_pool(self._workers)
+
+    @staticmethod
+    def _new_pool(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc.aio as aioclient
@@ -104,7 +111,8 @@ class AsyncTriageClient(ClientBase):
 
         async def worker() -> None:
             # Decode the next input while this one is in flight: `concurrency` requests stay
-            # outstanding, with as many decodes running beside them in the thread pool.
+            # outstanding, with as many decodes submitted to the processes beside them (files
+            # are read by the processes as they come: never all first).
             upcoming = None
             try:
                 upcoming = self._prepare_next(pending, info)
@@ -134,8 +142,8 @@ class AsyncTriageClient(ClientBase):
 
     def _prepare_next(
         self, pending: Iterator[tuple[int, Input]], info: ModelInfo
-    ) -> tuple[int, Input, asyncio.Future[PreparedRequest | Failure]] | None:
-        """Start decoding the next input in the thread pool (None when there is none left)."""
+    ) -> tuple[int, Input, asyncio.Task[PreparedRequest | Failure]] | None:
+        """Start decoding the next input in a process (None when there is none left)."""
         item = next(pending, None)
         if item is None:
             return None
@@ -144,10 +152,35 @@ class AsyncTriageClient(ClientBase):
 
     def _decode(
         self, value: Input, index: int, info: ModelInfo
-    ) -> asyncio.Future[PreparedRequest | Failure]:
-        """Start decoding one input in the decoding threads."""
+    ) -> asyncio.Task[PreparedRequest | Failure]:
+        """Start decoding one input in the decoding processes."""
+        return asyncio.ensure_future(self._decoded(value, index, info))
+
+    async def _decoded(
+        self, value: Input, index: int, info: ModelInfo
+    ) -> PreparedRequest | Failure:
+        """One input decoded in a process. A process that dies (a decoder crash, the OOM killer)
+        breaks the pool and every decode in flight in it: the pool is replaced, and each of
+        those inputs is decoded again in a process of its own, which only it can break (then it
+        is a ``decode_failed`` row) while the others go on."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._decoder, prepare, value, index, info)
+        args = (value, index, info.server_preprocess, info.image_size, info.heatmaps)
+        pool = self._decoder
+        try:
+            payload = await loop.run_in_executor(pool, decode_input, *args)
+        except BrokenProcessPool:
+            if self._decoder is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._decoder = self._new_pool(self._workers)
+            alone = self._new_pool(1)
+            try:
+                payload = await loop.run_in_executor(alone, decode_input, *args)
+            except BrokenProcessPool:
+                message = "the decoding process died on this input (a decoder crash or no memory)"
+                return Failure(fallback_source(value, index), "decode_failed", message)
+            finally:
+                alone.shutdown(wait=False)
+        return payload if isinstance(payload, Failure) else to_request(payload, info)
 
     async def predict_one(
         self,
@@ -158,7 +191,7 @@ class AsyncTriageClient(ClientBase):
         timeout: float | None,
         preparing: Awaitable[PreparedRequest | Failure] | None = None,
     ) -> Result:
-        """Send one input, decoded in a thread (or by ``preparing``, already started); never
+        """Send one input, decoded in a process (or by ``preparing``, already started); never
         raises: a failure is a Failure."""
         source, digest = fallback_source(value, index), ""
         try:
@@ -227,7 +260,7 @@ class AsyncTriageClient(ClientBase):
         return await self._call(self._client.get_model_metadata, name, as_json=True)
 
     async def close(self) -> None:
-        """Close the channel and stop the decoding threads."""
+        """Close the channel and stop the decoding processes."""
         self._decoder.shutdown(wait=False, cancel_futures=True)
         await self._client.close()
 

@@ -100,6 +100,9 @@ def predict_command(
     fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Decoding processes (default: one per core).")
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -202,6 +205,7 @@ def predict_command(
                 "server_preprocess": server_preprocess,
                 "priority": priority,
                 "heatmaps": heatmaps is not None,
+                "decode_workers": workers,
                 **tls,
             }
             async with AsyncTriageClient(url, model, timeout=timeout, **options) as triage:

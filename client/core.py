@@ -90,41 +90,68 @@ def priority_level(priority: str) -> int:
         raise ValueError(f"priority must be one of {choices}, not {priority!r}") from None
 
 
-def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Failure:
-    """Decode (or re-encode) one input into request tensors; a bad input becomes a Failure.
+@dataclass
+class Payload:
+    """One input decoded (or re-encoded) for its request: what a decoding process sends back."""
+
+    source: str
+    #: uint8 ``[1, 1, S, S]`` model input, or the ``[1, 1]`` object array of encoded bytes.
+    data: np.ndarray
+    #: SHA-256 of the bytes read for this input.
+    sha256: str = ""
+    #: The uint8 model input [S, S], kept for its heatmap (``keep_image`` only).
+    image: np.ndarray | None = None
+
+
+def decode_input(
+    value: Input, index: int, server_preprocess: bool, image_size: int, keep_image: bool = False
+) -> Payload | Failure:
+    """Decode (or re-encode) one input; a bad input becomes a Failure. Picklable in and out and
+    free of gRPC, so it runs in a decoding process.
 
     Never raises: an unexpected decoder exception is a ``decode_failed`` Failure, so one bad
     input cannot stop a run.
     """
-    import tritonclient.grpc as grpcclient
-
     source, digest, image = fallback_source(value, index), "", None
     try:
         prepared = describe(value, index)
         source = prepared.source
         if prepared.data is not None:
             digest = hashlib.sha256(prepared.data).hexdigest()
-        if not info.server_preprocess or info.heatmaps:  # the overlay needs the model input
-            image = local_model_input(value, prepared, info.image_size)
-        if info.server_preprocess:
-            payload = np.array([[server_payload(value, prepared)]], dtype=np.object_)
-            tensor = grpcclient.InferInput(
-                contract.IMAGE_BYTES, [1, 1], contract.IMAGE_BYTES_TRITON_DTYPE
-            )
+        if not server_preprocess or keep_image:  # the heatmap overlay needs the model input
+            image = local_model_input(value, prepared, image_size)
+        if server_preprocess:
+            data = np.array([[server_payload(value, prepared)]], dtype=np.object_)
         else:
-            payload = image[None]
-            tensor = grpcclient.InferInput(
-                contract.IMAGE, list(payload.shape), contract.IMAGE_TRITON_DTYPE
-            )
-        tensor.set_data_from_numpy(payload)
+            data = image[None]
     except ImageDecodeError as err:
         return Failure(source, err.code, str(err), digest)
     except Exception as err:
         return Failure(source, "decode_failed", f"{type(err).__name__}: {err}", digest)
+    return Payload(source, data, digest, image[0] if keep_image and image is not None else None)
+
+
+def to_request(payload: Payload, info: ModelInfo) -> PreparedRequest:
+    """The request tensors of a decoded input (asking for ``HEATMAP`` too with heatmaps)."""
+    import tritonclient.grpc as grpcclient
+
+    if info.server_preprocess:
+        name, dtype = contract.IMAGE_BYTES, contract.IMAGE_BYTES_TRITON_DTYPE
+    else:
+        name, dtype = contract.IMAGE, contract.IMAGE_TRITON_DTYPE
+    tensor = grpcclient.InferInput(name, list(payload.data.shape), dtype)
+    tensor.set_data_from_numpy(payload.data)
     names = [contract.PROBS, *([contract.HEATMAP] if info.heatmaps else [])]
-    outputs = [grpcclient.InferRequestedOutput(name) for name in names]
-    kept = image[0] if info.heatmaps and image is not None else None
-    return PreparedRequest(source, info.name, [tensor], outputs, digest, kept)
+    outputs = [grpcclient.InferRequestedOutput(n) for n in names]
+    return PreparedRequest(
+        payload.source, info.name, [tensor], outputs, payload.sha256, payload.image
+    )
+
+
+def prepare(value: Input, index: int, info: ModelInfo) -> PreparedRequest | Failure:
+    """Decode one input into request tensors in this process; a bad input becomes a Failure."""
+    payload = decode_input(value, index, info.server_preprocess, info.image_size, info.heatmaps)
+    return payload if isinstance(payload, Failure) else to_request(payload, info)
 
 
 def finish(request: PreparedRequest, reply: Any, info: ModelInfo, started: float) -> Result:

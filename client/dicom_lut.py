@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 #: Most segments a segmented palette may hold or reference (a real one has a few dozen).
 MAX_PALETTE_SEGMENTS = 65_536
 #: Pixels converted per band where a full-size intermediate copy is avoided (:func:`apply_lut`,
-#: 16-bit Pillow images): small enough to stay in cache.
-BAND_PIXELS = 160_000
+#: 16-bit Pillow images): the band's 8-byte indices (320 KB) stay in cache; measured fastest of
+#: 16k-640k on a 2500 x 2500 frame here.
+BAND_PIXELS = 40_000
 
 
 def as_codes(pixels: np.ndarray) -> np.ndarray:
@@ -60,24 +61,31 @@ def grayscale_lut(
 ) -> np.ndarray:
     """The uint8 display value of every stored code of a greyscale frame (``lut_sequences``:
     whether a Modality or VOI LUT table, possibly non-monotonic, takes part)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     stored = code_domain(pixels, bits_allocated, bits_stored)
-    try:
-        values = apply_modality_lut(stored, ds) if rescale else stored
-        if voi:
-            values = apply_voi_lut(values, ds, index=0)
-    except dicom_errors() as err:  # e.g. Window Width < 1, an empty Rescale Slope, a broken LUT
-        raise ImageDecodeError(
-            "corrupt", f"invalid DICOM rescale or window (VOI LUT) attributes: {why(err)}"
-        ) from err
-    values = np.asarray(values, dtype=np.float32)
+    values = display_values(stored, ds, rescale=rescale, voi=voi)
     shown = values[_present(pixels, stored, bits_stored, monotonic=not lut_sequences)]
     low, high = float(shown.min()), float(shown.max())
     if not np.isfinite(low) or not np.isfinite(high):
         raise ImageDecodeError("corrupt", "image contains non-finite values")
     lut = stretch(values, low, high)
     return 255 - lut if invert else lut
+
+
+def display_values(values: np.ndarray, ds: Dataset, *, rescale: bool, voi: bool) -> np.ndarray:
+    """``values`` through the Modality LUT / rescale, then the VOI LUT or window (pydicom's
+    functions), as float32."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        if rescale:
+            values = apply_modality_lut(values, ds)
+        if voi:
+            values = apply_voi_lut(values, ds, index=0)
+    except dicom_errors() as err:  # e.g. Window Width < 1, an empty Rescale Slope, a broken LUT
+        raise ImageDecodeError(
+            "corrupt", f"invalid DICOM rescale or window (VOI LUT) attributes: {why(err)}"
+        ) from err
+    return np.asarray(values, dtype=np.float32)
 
 
 def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -108,17 +116,18 @@ def _present(
 
 def apply_lut(lut: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """``lut[pixels]`` over the frame's unsigned codes, uint8 out, a band of rows at a time (the
-    index conversion stays small and in cache)."""
+    index conversion stays small and in cache). ``lut`` covers every code of the dtype, so no
+    index is out of range: ``mode="clip"`` only skips numpy's bounds check (25 % faster)."""
     codes = as_codes(pixels)
     if codes.ndim != 2:
-        return np.take(lut, codes)
+        return np.take(lut, codes, mode="clip")
     out = np.empty(codes.shape, dtype=np.uint8)
     band = max(1, BAND_PIXELS // max(1, codes.shape[1]))
     index = np.empty((band, codes.shape[1]), dtype=np.intp)
     for top in range(0, codes.shape[0], band):
         rows = codes[top : top + band]
         np.copyto(index[: len(rows)], rows)
-        np.take(lut, index[: len(rows)], out=out[top : top + band])
+        np.take(lut, index[: len(rows)], out=out[top : top + band], mode="clip")
     return out
 
 

@@ -29,7 +29,9 @@ Choices, in one place:
 - DICOM greyscale goes through one lookup table per file (:mod:`cxr.client.dicom_lut`), never a
   float copy of the frame.
 - Model input: centre-crop to a square on the short side, a whole-factor box reduction that keeps
-  it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize.
+  it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize. JPEG
+  whose values are shown as stored is decoded at the DCT scale that keeps the same gap
+  (:mod:`client.reduced`).
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
 from cxr.client.dicom_lut import (
     BAND_PIXELS,
     apply_lut,
+    display_values,
     grayscale_lut,
     palette_lut,
     rgb_to_gray,
     stretch,
 )
+from cxr.client.reduced import REDUCING_GAP, draft_jpeg, reduced_dicom_frame
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -61,10 +65,6 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 
-#: The box reduction leaves the image at least this many times the target size, so the final
-#: antialiased resize matches a direct one within one grey level (measured on the shared samples
-#: from 16 to 224 px: 3 and 4 leave up to 3 levels, 5 at most 1).
-REDUCING_GAP = 5
 #: Bytes of an encapsulated frame searched for its codestream header (SOF / SIZ).
 _HEADER_BYTES = 65_536
 #: Attributes an uncompressed frame needs before it is read here rather than by pydicom.
@@ -90,10 +90,12 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, square: bool = False) -> np.ndarray:
+def decode_image(data: bytes, *, square: bool = False, target: int | None = None) -> np.ndarray:
     """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
     ``square``: greyscale DICOM may return only the centre square that
-    :func:`to_model_input` keeps (the display scaling still uses the whole frame)."""
+    :func:`to_model_input` keeps (the display scaling still uses the whole frame); ``target``:
+    the model input side the image is for, so JPEG may be decoded at a reduced scale
+    (:mod:`client.reduced`)."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(
@@ -103,8 +105,8 @@ def decode_image(data: bytes, *, square: bool = False) -> np.ndarray:
     check_file_size(len(data))
     kind = image_kind(data)
     if kind == "dicom":
-        return dicom_to_gray(read_dicom(data), square=square)
-    return _decode_raster(data, kind)
+        return dicom_to_gray(read_dicom(data), square=square, target=target)
+    return _decode_raster(data, kind, target)
 
 
 def check_file_size(size: int) -> None:
@@ -127,7 +129,7 @@ def image_kind(data: bytes) -> str:
     return kind
 
 
-def _decode_raster(data: bytes, kind: str) -> np.ndarray:
+def _decode_raster(data: bytes, kind: str, target: int | None) -> np.ndarray:
     declared = frame_size(data[:_HEADER_BYTES])
     if declared is not None:  # before Pillow sees it: no bomb warning, no allocation
         _check_pixel_count(declared.width, declared.height)
@@ -135,6 +137,8 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
         # Only the plugin the magic number named: a PNG that fails is corrupt, not "maybe a TGA".
         image = Image.open(io.BytesIO(data), formats=[kind.upper()])
         _check_pixel_count(image.width, image.height)
+        if kind == "jpeg" and target:
+            draft_jpeg(image, target)
         image.load()
     except ImageDecodeError:
         raise
@@ -258,9 +262,9 @@ def _check_decodable(ds: Dataset) -> None:
         )
 
 
-def dicom_to_gray(ds: Dataset, *, square: bool = False) -> np.ndarray:
-    """Render a pydicom dataset's single frame as a 2-D uint8 display image (``square``: see
-    :func:`decode_image`)."""
+def dicom_to_gray(ds: Dataset, *, square: bool = False, target: int | None = None) -> np.ndarray:
+    """Render a pydicom dataset's single frame as a 2-D uint8 display image (``square`` and
+    ``target``: see :func:`decode_image`)."""
     errors = dicom_errors()
     if "PixelData" not in ds:
         raise ImageDecodeError("no_pixel_data", "DICOM file has no pixel data (PixelData absent)")
@@ -295,6 +299,10 @@ def dicom_to_gray(ds: Dataset, *, square: bool = False) -> np.ndarray:
         _check_decodable(ds)
         _check_codestream(ds, rows, columns, samples)
         pixels = _native_frame(ds, rows, columns, samples, bits_allocated)
+        if pixels is None and target and _shown_as_stored(ds, photometric, samples, bits_stored):
+            pixels = reduced_dicom_frame(ds, rows, columns, target)
+            if pixels is not None:
+                rows, columns = pixels.shape
         if pixels is None:
             prefer_fast_codecs(ds)
             pixels = ds.pixel_array
@@ -343,6 +351,19 @@ def dicom_to_gray(ds: Dataset, *, square: bool = False) -> np.ndarray:
         lut_sequences="ModalityLUTSequence" in ds or "VOILUTSequence" in ds,
     )
     return apply_lut(lut, centre_square(pixels) if square else pixels)
+
+
+def _shown_as_stored(ds: Dataset, photometric: str, samples: int, bits_stored: int) -> bool:
+    """Whether a frame's 8-bit greyscale values are displayed as stored (no rescale, LUT or
+    window): only then may it be decoded at reduced scale, since averaging commutes with no
+    mapping but a linear one (a window's clipping, measured: 2 grey levels off at 224 px)."""
+    lut = ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "WindowCenter")
+    return (
+        samples == 1
+        and photometric in ("MONOCHROME1", "MONOCHROME2")
+        and bits_stored == 8
+        and not any(keyword in ds for keyword in (*lut, "VOILUTSequence"))
+    )
 
 
 def _extra_frames(count: int, rows: int, columns: int) -> ImageDecodeError:
@@ -405,12 +426,13 @@ def _check_codestream(ds: Dataset, rows: int, columns: int, samples: int) -> Non
         return  # RLE: pydicom sizes its output from Rows and Columns
     stream = io.BytesIO(ds.PixelData)
     parse_basic_offsets(stream)
-    head = b""
+    parts, length = [], 0
     for fragment in generate_fragments(stream):
-        head += fragment
-        if len(head) >= _HEADER_BYTES:
+        parts.append(fragment)
+        length += len(fragment)
+        if length >= _HEADER_BYTES:
             break
-    size = frame_size(head)
+    size = frame_size(b"".join(parts))
     if size is None:
         raise ImageDecodeError(
             "corrupt",
@@ -429,17 +451,7 @@ def _check_codestream(ds: Dataset, rows: int, columns: int, samples: int) -> Non
 def _float_frame_to_gray(
     pixels: np.ndarray, ds: Dataset, rescale: bool, voi: bool, invert: bool
 ) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        values = apply_modality_lut(pixels, ds) if rescale else pixels
-        if voi:
-            values = apply_voi_lut(values, ds, index=0)
-    except dicom_errors() as err:
-        raise ImageDecodeError(
-            "corrupt", f"invalid DICOM rescale or window (VOI LUT) attributes: {why(err)}"
-        ) from err
-    gray = scale_to_uint8(np.asarray(values, dtype=np.float32))
+    gray = scale_to_uint8(display_values(pixels, ds, rescale=rescale, voi=voi))
     return 255 - gray if invert else gray
 
 
@@ -487,7 +499,7 @@ def _box_factor(side: int, size: int) -> int:
 
 def load_model_input(data: bytes, size: int) -> np.ndarray:
     """Decode encoded bytes and resize: the whole client/server preprocessing in one call."""
-    return to_model_input(decode_image(data, square=True), size)
+    return to_model_input(decode_image(data, square=True, target=size), size)
 
 
 def is_dataset(value: object) -> bool:

@@ -27,11 +27,11 @@ from cxr.client.imaging import (
     ImageDecodeError,
     as_gray,
     check_file_size,
-    decode_image,
     dicom_identity,
     dicom_to_gray,
     image_kind,
     is_dataset,
+    load_model_input,
     read_dicom,
     to_model_input,
 )
@@ -95,7 +95,11 @@ def read_file(path: Path) -> bytes:
             raise ImageDecodeError("unreadable", f"{path}: permission denied")
         check_file_size(info.st_size)  # before reading: never a multi-GB read to refuse it
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat()
+            # The size stat() gave, plus one byte: a buffer of the file's size, not of the limit
+            # (the limit's buffer cost 4-7 ms more per 13 MB DICOM here, in page faults).
+            data = handle.read(info.st_size + 1)
+            if len(data) > info.st_size:  # the file grew since stat(): read on to the limit
+                data += handle.read(MAX_FILE_BYTES + 1 - len(data))
         check_file_size(len(data))
         return data
     except FileNotFoundError as err:
@@ -106,8 +110,9 @@ def read_file(path: Path) -> bytes:
 
 def local_model_input(value: Input, prepared: Prepared, size: int) -> np.ndarray:
     """Decode and resize on the client: uint8 ``[1, S, S]``."""
-    gray = decode_image(prepared.data) if prepared.data is not None else as_gray(value)
-    return to_model_input(gray, size)
+    if prepared.data is None:
+        return to_model_input(as_gray(value), size)
+    return load_model_input(prepared.data, size)
 
 
 def server_payload(value: Input, prepared: Prepared) -> bytes:

@@ -45,6 +45,13 @@ Images = Annotated[
     Path | None, typer.Option(help="Folder of real images as payloads (default: synthetic).")
 ]
 Timeout = Annotated[float, typer.Option(help="Request deadline, seconds.", min=0.001)]
+PayloadOption = Annotated[
+    str,
+    typer.Option(
+        help="decoded: model inputs to the classifier; encoded: the files to the ensemble "
+        "(the server decodes them)."
+    ),
+]
 
 
 def seconds(option: str, text: str, positive: bool = True) -> float:
@@ -113,6 +120,7 @@ def run_command(
     warmup: Warmup = "2s",
     stat_fraction: StatFraction = 0.1,
     images: Images = None,
+    payload: PayloadOption = "decoded",
     timeout: Timeout = 10.0,
     html: Annotated[Path | None, typer.Option(help="Locust HTML report.")] = None,
     csv_prefix: Annotated[Path | None, typer.Option("--csv", help="Locust CSV prefix.")] = None,
@@ -134,7 +142,11 @@ def run_command(
     Statistics cover DURATION only: the spawn phase and WARMUP are discarded. With --server-pid it
     is also a soak test: the server's memory must not grow more than --max-rss-growth.
     """
+    from cxr.loadtest.payloads import PAYLOADS
+
     check_images(images)
+    if payload not in PAYLOADS:
+        raise fail(f"--payload must be one of {', '.join(PAYLOADS)}, not {payload!r}")
     settings = RunSettings(
         url=url,
         model=model,
@@ -143,6 +155,7 @@ def run_command(
         duration=seconds("--duration", duration),
         stat_fraction=stat_fraction,
         images=images,
+        payload=payload,
         html=html,
         csv_prefix=csv_prefix,
         timeout=timeout,

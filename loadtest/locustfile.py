@@ -11,6 +11,8 @@ headless runs, the web UI and distributed workers:
 
 - ``CXR_MODEL``: model to call (default: the ensemble's deployed classifier)
 - ``CXR_IMAGES``: folder of real images, decoded once per process with the shared code
+- ``CXR_PAYLOAD``: ``decoded`` (default: uint8 model inputs to the classifier) or ``encoded``
+  (the files to the ensemble: the server decodes every request)
 - ``CXR_STAT_FRACTION``: share of requests sent as STAT (priority 1), default 0.1
 - ``CXR_TIMEOUT``: request deadline in seconds, default 10
 - ``CXR_WARMUP``: seconds after spawning completes before statistics are reset, default 0
@@ -49,8 +51,9 @@ DEFAULT_HOST = "localhost:8001"
 RECONNECT_DELAY = 1.0
 #: Threads beyond one per user in gevent's hub pool (gRPC completion waits and name lookups).
 SPARE_THREADS = 4
-#: One target per (host, model, images) and process: payloads are decoded once, not per user.
-_targets: dict[tuple[str, str | None, str | None], Target] = {}
+#: One target per (host, model, images, payload) and process: payloads are prepared once, not
+#: per user.
+_targets: dict[tuple[str, str | None, str | None, str], Target] = {}
 _targets_lock = Semaphore()
 
 
@@ -61,11 +64,12 @@ def _host(host: str | None) -> str:
 def _shared_target(client: Any, host: str, timeout: float) -> Target:
     model = os.environ.get("CXR_MODEL") or None
     images = os.environ.get("CXR_IMAGES") or None
-    key = (host, model, images)
+    payload = os.environ.get("CXR_PAYLOAD") or "decoded"
+    key = (host, model, images, payload)
     with _targets_lock:
         if key not in _targets:
             folder = Path(images) if images else None
-            _targets[key] = prepare_target(client, model, folder, timeout)
+            _targets[key] = prepare_target(client, model, folder, timeout, payload)
         return _targets[key]
 
 

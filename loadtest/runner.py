@@ -41,6 +41,7 @@ class RunSettings:
     duration: float = 60.0  # seconds measured, after spawning and warm-up
     stat_fraction: float = 0.1
     images: Path | None = None
+    payload: str = "decoded"  # or "encoded": files to the ensemble, decoded by the server
     html: Path | None = None
     csv_prefix: Path | None = None
     timeout: float = 10.0
@@ -158,6 +159,7 @@ def locust_env(settings: RunSettings) -> dict[str, str]:
     env["CXR_WARMUP"] = str(settings.warmup)
     env["CXR_MODEL"] = settings.model or ""
     env["CXR_IMAGES"] = str(settings.images.resolve()) if settings.images else ""
+    env["CXR_PAYLOAD"] = settings.payload
     return env
 
 

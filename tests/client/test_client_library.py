@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_async_client_matches_sync_in_input_order(
     inputs = [*xray_pngs, *bad_inputs, *reversed(xray_pngs)]
 
     async def run() -> list:
-        async with AsyncTriageClient(triton.grpc_url, decode_threads=2) as client:
+        async with AsyncTriageClient(triton.grpc_url, decode_workers=2) as client:
             assert await client.is_ready() and await client.is_live()
             return await client.predict(inputs, concurrency=4)
 
@@ -220,9 +221,29 @@ def test_async_client_matches_sync_in_input_order(
             assert a.code == b.code
 
 
-def test_async_client_refuses_no_decoding_threads() -> None:
-    with pytest.raises(ValueError, match="decode_threads must be at least 1, not 0"):
-        AsyncTriageClient("localhost:1", decode_threads=0)
+def test_async_client_refuses_no_decoding_processes() -> None:
+    with pytest.raises(ValueError, match="decode_workers must be at least 1, not 0"):
+        AsyncTriageClient("localhost:1", decode_workers=0)
+
+
+class _KillsItsDecoder:
+    """An input whose unpickling ends the decoding process that receives it."""
+
+    def __reduce__(self) -> tuple:
+        return os._exit, (3,)
+
+
+def test_a_decoding_process_that_dies_fails_only_its_input(triton, xray_pngs: list[Path]) -> None:
+    inputs = [*xray_pngs[:3], _KillsItsDecoder(), *xray_pngs[:3]]
+
+    async def run() -> list:
+        async with AsyncTriageClient(triton.grpc_url, decode_workers=2) as client:
+            return await client.predict(inputs, concurrency=4)
+
+    results = asyncio.run(run())
+    # The inputs in flight with it were decoded again, each in a process of its own.
+    assert [r.ok for r in results] == [True] * 3 + [False] + [True] * 3
+    assert results[3].code == "decode_failed" and "died" in results[3].message
 
 
 def test_predict_accepts_any_iterable(triton, xray_pngs: list[Path]) -> None:

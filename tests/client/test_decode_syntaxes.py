@@ -21,6 +21,7 @@ from cxr.bench.decode_corpus import (
     reference_model_input,
     synthetic_pixels,
 )
+from cxr.client import imaging
 from cxr.client.imaging import decode_image, load_model_input
 from cxr.client.inputs import Prepared, server_payload
 
@@ -225,3 +226,57 @@ def test_server_payload_of_malformed_files_is_a_clear_error_or_bytes() -> None:
         except ImageDecodeError:
             continue
         assert isinstance(sent, bytes) and sent, name
+
+
+def _spy_reduced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record the shape of every frame decoded at reduced resolution."""
+
+    shapes: list[tuple[int, int]] = []
+    decode = imaging.reduced_dicom_frame
+
+    def spy(*args: object, **kwargs: object) -> np.ndarray | None:
+        pixels = decode(*args, **kwargs)
+        if pixels is not None:
+            shapes.append(pixels.shape)
+        return pixels
+
+    monkeypatch.setattr(imaging, "reduced_dicom_frame", spy)
+    return shapes
+
+
+def _jpeg_dicom(seed: int, window: tuple[int, int] | None) -> bytes:
+    """A 2600 x 2400 8-bit JPEG baseline radiograph with the VOI window ``(centre, width)``."""
+    ds = radiograph_dataset(synthetic_pixels(2600, 2400, 8, seed=seed), 8, "MONOCHROME1")
+    del ds.WindowCenter, ds.WindowWidth
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    return encode(ds, "jpeg-baseline")
+
+
+def test_jpeg_dicom_shown_as_stored_is_decoded_at_reduced_scale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Half scale keeps five times 224 px, a quarter five times 64 px.
+    shapes = _spy_reduced(monkeypatch)
+    assert_close(_jpeg_dicom(seed=5, window=None))
+    assert shapes == [(1300, 1200), (650, 600)]
+
+
+def test_jpeg_dicom_with_a_window_is_decoded_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A window clips: averaging before it is not averaging after it.
+    shapes = _spy_reduced(monkeypatch)
+    assert_close(_jpeg_dicom(seed=6, window=(128, 120)))
+    assert shapes == []
+
+
+def test_plain_jpeg_is_decoded_at_reduced_scale_within_one_level() -> None:
+    gray = (synthetic_pixels(2600, 2400, 12, seed=7) >> 4).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    for size in SIZES:
+        fast = load_model_input(data, size).astype(np.int16)
+        square = image.crop((0, 100, 2400, 2500)).resize((size, size), Image.Resampling.BILINEAR)
+        assert np.abs(fast[0] - np.asarray(square, dtype=np.int16)).max() <= 1

@@ -76,7 +76,7 @@ def test_exit_code_zero_when_all_succeed_with_every_option(
     done = run_cli(
         "predict", str(folder), "--url", triton.grpc_url, "--priority", "stat",
         "--format", "csv", "--out", str(out), "--concurrency", "3", "--timeout", "20",
-        "--server-preprocess",
+        "--server-preprocess", "--workers", "2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # rows went to --out
@@ -93,6 +93,7 @@ def test_usage_errors_exit_2(triton, run_cli, tmp_path: Path, xray_pngs: list[Pa
         "no input files": ("predict", str(empty), "--url", triton.grpc_url),
         "--concurrency": ("predict", image, "--concurrency", "0"),
         "--timeout": ("predict", image, "--timeout", "0"),
+        "--workers": ("predict", image, "--workers", "0"),
         "is a folder": ("predict", image, "--out", str(tmp_path)),
         "go together": ("predict", image, "--ssl", "--client-cert", image),
         "without --ssl": ("predict", image, "--root-cert", image),

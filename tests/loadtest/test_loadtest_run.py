@@ -5,6 +5,7 @@ baseline, the web dashboard, and the distributed master/worker interface docker-
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,30 @@ def test_headless_run_writes_stats_csv_html_and_meets_generous_slos(
     for name in ("stat", "routine", "Aggregated"):
         assert name in done.stdout
     assert "<html" in html.read_text().lower()
+
+
+def _preprocess_successes(triton) -> int:
+    """Requests the server's ``preprocess`` model has decoded (its Prometheus counter)."""
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.search(r'nv_inference_request_success\{model="preprocess",version="1"\} (\d+)', text)
+    return int(found.group(1)) if found else 0
+
+
+def test_encoded_payloads_are_decoded_by_the_server(
+    triton, loadtest_cli, generous, payload_dir: Path, tmp_path: Path
+) -> None:
+    before = _preprocess_successes(triton)
+    prefix = tmp_path / "encoded"
+    done = loadtest_cli(
+        "run", "--url", triton.grpc_url, *SHORT, "--payload", "encoded",
+        "--images", str(payload_dir), "--csv", str(prefix), *generous,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    total = read_stats(prefix)["Aggregated"]
+    assert total.requests > 0 and total.failures == 0
+    # Every request went through the ensemble's decoder (warm-up requests too).
+    assert _preprocess_successes(triton) - before >= total.requests
 
 
 def test_impossible_slo_exits_1_naming_the_breach(triton, loadtest_cli) -> None:
@@ -85,6 +110,8 @@ def test_bad_options_are_specific_errors(loadtest_cli, tmp_path: Path) -> None:
     assert done.returncode == 2 and "stat-fraction" in done.stderr
     done = loadtest_cli("run", "--server-pid", "999999999")
     assert done.returncode == 2 and "no process 999999999" in done.stderr
+    done = loadtest_cli("run", "--payload", "pixels")
+    assert done.returncode == 2 and "--payload must be one of decoded, encoded" in done.stderr
 
 
 def test_baseline_generator_measures_the_same_mix(triton) -> None:

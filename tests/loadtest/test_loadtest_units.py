@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr.client.imaging import load_model_input
 from cxr.loadtest.memory import ProcessGoneError, RssReport, RssSample, RssSampler, process_tree
-from cxr.loadtest.payloads import image_files, load_payloads
+from cxr.loadtest.payloads import image_files, load_files, load_payloads
 from cxr.loadtest.runner import (
     RunSettings,
     Slo,
@@ -152,6 +153,14 @@ def test_payloads_from_a_folder_skip_what_is_not_an_image(payload_dir: Path) -> 
     assert {(i.shape, i.dtype) for i in images} == {((1, 1, 32, 32), np.dtype(np.uint8))}
     synthetic = load_payloads(None, 16)
     assert len(synthetic) > 1 and synthetic[0].shape == (1, 1, 16, 16)
+
+
+def test_encoded_payloads_are_the_decodable_files_pixels_only(payload_dir: Path) -> None:
+    files = load_files(payload_dir, 32)
+    assert len(files) == 4  # notes.txt skipped
+    assert all(data.startswith(b"\x89PNG") for data in files)
+    synthetic = load_files(None, 16)
+    assert len(synthetic) > 1 and load_model_input(synthetic[0], 16).shape == (1, 16, 16)
 
 
 def test_payload_folder_errors_are_specific(tmp_path: Path) -> None:
