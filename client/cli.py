@@ -141,6 +141,7 @@ def predict_command(
         FORMATS,
         HEATMAP_COLUMN,
         HEATMAP_COLUMNS,
+        HOT_SPOT_COLUMNS,
         OutputError,
         ResumeError,
         RowWriter,
@@ -222,8 +223,9 @@ def predict_command(
                     async for i, result in triage.predict_stream(files, concurrency=concurrency):
                         extra = {}
                         if heatmaps is not None and result.ok:
-                            written = _write_overlay(heatmaps, todo[i], result)
+                            written, spot = _write_overlay(heatmaps, todo[i], result)
                             extra[HEATMAP_COLUMN] = os.path.relpath(written, base or ".")
+                            extra.update(zip(HOT_SPOT_COLUMNS, spot, strict=True))
                         writer.write(result, source=todo[i], **extra)
                         if not result.ok:
                             failures[result.code] += 1
@@ -252,12 +254,14 @@ def predict_command(
             release_output(out, lock)
 
 
-def _write_overlay(folder: Path, source: str, prediction: Prediction) -> Path:
-    """Write the heatmap overlay of one prediction into ``folder``; its path."""
-    from cxr.client.overlay import write_overlay
+def _write_overlay(
+    folder: Path, source: str, prediction: Prediction
+) -> tuple[Path, tuple[float, float]]:
+    """Write the heatmap overlay of one prediction into ``folder``; its path and hot spot."""
+    from cxr.client.overlay import hot_spot, write_overlay
 
     assert prediction.heatmap is not None and prediction.image is not None
-    return write_overlay(
+    path = write_overlay(
         folder,
         source,
         prediction.image,
@@ -266,6 +270,7 @@ def _write_overlay(folder: Path, source: str, prediction: Prediction) -> Path:
         prediction.threshold,
         prediction.urgent,
     )
+    return path, hot_spot(prediction.heatmap, prediction.image.shape[-1])
 
 
 def _close_quietly(writer: RowWriter | None, order: list[str]) -> None:

@@ -44,11 +44,10 @@ def overlay(
 ) -> Image.Image:
     """The uint8 model input [S, S] with ``heatmap`` [h, w] (0..1) stretched over it
     (bilinear), coloured with :func:`turbo`, and the score and threshold in the top-left corner."""
-    side = max(MIN_SIDE, image.shape[-1])
+    side = overlay_side(image.shape[-1])
     gray = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     base = np.asarray(gray.resize((side, side), Image.Resampling.BILINEAR), np.float64) / 255
-    heat = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F")
-    heat = np.clip(np.asarray(heat.resize((side, side), Image.Resampling.BILINEAR)), 0, 1)
+    heat = stretch(heatmap, side)
     alpha = (ALPHA * heat)[..., None]
     rgb = (1 - alpha) * base[..., None] + alpha * turbo(heat)
     picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
@@ -59,6 +58,28 @@ def overlay(
     draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
     draw.text((4, 4), text, fill=(255, 255, 255), font=font)
     return picture
+
+
+def stretch(heatmap: np.ndarray, side: int) -> np.ndarray:
+    """``heatmap`` [h, w] stretched over a ``side`` x ``side`` image (bilinear), clipped to 0..1:
+    the map as the overlay draws it."""
+    heat = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F")
+    return np.clip(np.asarray(heat.resize((side, side), Image.Resampling.BILINEAR)), 0, 1)
+
+
+def overlay_side(size: int) -> int:
+    """The side in pixels of the overlay of a ``size`` x ``size`` model input."""
+    return max(MIN_SIDE, size)
+
+
+def hot_spot(heatmap: np.ndarray, size: int) -> tuple[float, float]:
+    """Where the overlay of ``heatmap`` on a ``size`` px model input is hottest: the centre of
+    the peak pixel of the map as drawn (:func:`stretch`), as fractions of the side (x from the
+    left, y from the top). The first peak in reading order when pixels tie."""
+    side = overlay_side(size)
+    heat = stretch(heatmap, side)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return (float(x) + 0.5) / side, (float(y) + 0.5) / side
 
 
 def overlay_name(source: str) -> str:

@@ -55,9 +55,11 @@ COLUMNS = (
     "error",
     "probabilities",
 )
-#: The columns with ``--heatmaps``: the path of each input's overlay PNG added.
+#: The columns with ``--heatmaps``: the path of each input's overlay PNG added, and where the
+#: map is hottest (fractions of the image's width and height from its top-left corner).
 HEATMAP_COLUMN = "heatmap_file"
-HEATMAP_COLUMNS = (*COLUMNS, HEATMAP_COLUMN)
+HOT_SPOT_COLUMNS = ("hot_spot_x", "hot_spot_y")
+HEATMAP_COLUMNS = (*COLUMNS, HEATMAP_COLUMN, *HOT_SPOT_COLUMNS)
 #: Width of a table written to a file or a pipe.
 TABLE_WIDTH = 200
 #: Longest time a flushed row may wait for ``fsync``.

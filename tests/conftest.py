@@ -68,7 +68,7 @@ def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) 
         arch="resnet18",
         pretrained="none",
         image_size=TEST_IMAGE_SIZE,
-        epochs=10,
+        epochs=15,
         batch_size=32,
         lr=2e-3,
         ema_decay=0,

@@ -173,7 +173,8 @@ def evaluate(
 ) -> Report:
     """Run ``model`` over ``split`` of ``data`` and compute the clinical metrics; with
     ``heatmaps`` (a folder), write heatmap overlays of a sample of each outcome
-    (:func:`write_outcome_overlays`)."""
+    (:func:`write_outcome_overlays`) and add the pointing game where the images record their
+    findings (:func:`pointing`)."""
     predictor = open_predictor(model, url, threshold)
     part = load_split(data, split, predictor.image_size)
     if len(part) == 0:
@@ -193,7 +194,39 @@ def evaluate(
         report.overlays = write_outcome_overlays(
             heatmaps, predictor, part.images, sources, labels, scores
         )
+        report.metrics.update(pointing(predictor, part.images, part.sources, labels))
     return report
+
+
+#: Images per call for heatmaps computed over a whole split.
+HEATMAP_BATCH = 64
+
+
+def pointing(
+    predictor: Predictor, images: np.ndarray, sources: list[str], labels: np.ndarray
+) -> dict[str, Any]:
+    """The pointing game (:func:`metrics.pointing_game`) of the model's heatmap peaks
+    (:func:`~cxr.client.overlay.hot_spot`) over the positive images whose files record where
+    their findings were drawn (PNGs of ``cxr data synth``); empty when none does."""
+    from cxr.client.overlay import hot_spot
+    from cxr.train.synth import read_opacities
+
+    chosen, findings = [], []
+    for i in np.flatnonzero(labels == 1):
+        source = Path(sources[i]) if sources else None
+        drawn = read_opacities(source) if source and source.suffix.lower() == ".png" else None
+        if drawn:
+            chosen.append(i)
+            findings.append([(o.x, o.y, o.r) for o in drawn])
+    if not chosen or predictor.heatmaps is None:
+        return {}
+    maps = [
+        heatmap
+        for start in range(0, len(chosen), HEATMAP_BATCH)
+        for heatmap in predictor.heatmaps(images[chosen[start : start + HEATMAP_BATCH]])
+    ]
+    peaks = [hot_spot(heatmap, images.shape[-1]) for heatmap in maps]
+    return metrics.pointing_game(peaks, findings)
 
 
 #: Overlays per outcome that ``cxr evaluate --heatmaps`` writes at most.

@@ -13,6 +13,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ __all__ = [
     "binary_metrics",
     "bootstrap_auc_ci",
     "confusion_matrix",
+    "pointing_game",
     "precision_recall_curve",
     "roc_auc",
     "roc_curve",
@@ -262,3 +264,45 @@ def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, target: floa
     k = np.arange(1, n_pos + 1)
     k_min = int(k[np.argmax(k / n_pos >= target)])
     return float(pos_desc[k_min - 1])
+
+
+#: Tolerance of the pointing game (Zhang et al., "Top-down neural attention by excitation
+#: backprop", ECCV 2016): 15 pixels at 224, as a fraction of the image's side.
+POINTING_TOLERANCE = 15 / 224
+#: Points per side of the grid over which the pointing game's baselines are measured.
+_POINTING_GRID = 64
+
+
+def pointing_game(
+    points: Sequence[tuple[float, float]],
+    findings: Sequence[Sequence[tuple[float, float, float]]],
+    tolerance: float = POINTING_TOLERANCE,
+) -> dict[str, float | int | None]:
+    """The pointing game of heatmap peaks against findings drawn as discs.
+
+    ``points``: per image, its map's peak (x, y); ``findings``: per image, its findings' discs
+    (x, y, r); all as fractions of the image's side. A hit: the peak within ``r + tolerance`` of
+    a finding's centre. Returns the score (hits / images) and two baselines: ``chance``, the
+    expected score of a uniformly random point, and ``prior``, the score of the best single point
+    for all these images (on a grid; what a map that ignores the image could reach at best).
+    """
+    if len(points) != len(findings):
+        raise ValueError(f"{len(points)} peaks for {len(findings)} images")
+    axis = (np.arange(_POINTING_GRID) + 0.5) / _POINTING_GRID
+    grid_x, grid_y = np.meshgrid(axis, axis)
+    hits, chance, prior = 0, 0.0, np.zeros_like(grid_x)
+    for (x, y), discs in zip(points, findings, strict=True):
+        disc = np.asarray(discs, np.float64).reshape(-1, 3)
+        reach = disc[:, 2] + tolerance
+        hits += bool(np.any(np.hypot(x - disc[:, 0], y - disc[:, 1]) <= reach))
+        near = np.hypot(grid_x[..., None] - disc[:, 0], grid_y[..., None] - disc[:, 1]) <= reach
+        covered = near.any(axis=-1)
+        chance += float(covered.mean())
+        prior += covered
+    n = len(points)
+    return {
+        "pointing_game": hits / n if n else None,
+        "pointing_game_chance": chance / n if n else None,
+        "pointing_game_prior": float(prior.max()) / n if n else None,
+        "pointing_game_images": n,
+    }

@@ -1,8 +1,8 @@
 """Synthetic, clearly labelled X-ray-like images for demos and tests (never for clinical use).
 
 Each image is a dark field with a bright body, two dark lung fields, ribs and noise. PNEUMONIA
-images add bright, patchy opacities (consolidation) inside a lung, a visible and learnable
-difference; NORMAL images have clear lungs.
+images add one or two bright opacities (consolidation, 8-14% of the image's side in radius) in
+the lungs, a visible and learnable difference; NORMAL images have clear lungs.
 
 Where each opacity was drawn is recorded in the PNG's text chunk :data:`OPACITIES_KEY` (JSON list
 of ``{"x", "y", "r"}``, fractions of the image's width: centre and radius inside which the
@@ -67,10 +67,10 @@ def synth_case(
     ribs = 0.5 + 0.5 * np.sin((y * 26 + rng.uniform(0, 6.28)) + 3 * (x - 0.5) ** 2)
     image += 18 * ribs * body
     if pneumonia:
-        for _ in range(rng.integers(2, 5)):
+        for _ in range(rng.integers(1, 3)):
             cx = rng.choice([0.32, 0.68]) + rng.normal(0, 0.05)
             cy = rng.uniform(0.4, 0.7)
-            radius = rng.uniform(0.05, 0.1)
+            radius = rng.uniform(0.08, 0.14)
             image += rng.uniform(50, 80) * np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / radius**2))
             opacities.append(Opacity(float(cx), float(cy), float(radius)))
     image += rng.normal(0, 6, size=image.shape)

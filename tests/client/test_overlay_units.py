@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from cxr.client import contract
-from cxr.client.overlay import MIN_SIDE, heatmap_folder, overlay, overlay_name, turbo
+from cxr.client.overlay import (
+    MIN_SIDE,
+    heatmap_folder,
+    hot_spot,
+    overlay,
+    overlay_name,
+    turbo,
+)
 from cxr.client.protocol import ModelInfo, TriageError
 
 
@@ -32,6 +39,19 @@ def test_the_overlay_is_coloured_where_the_map_is_hot() -> None:
     assert cold.tolist() == [100, 100, 100]  # a cold map leaves the image grey
     assert hot.max() - hot.min() > 40  # coloured
     assert picture[:3, :40].max() == 0 and picture[:20, :200].max() > 200  # white on black
+
+
+def test_the_hot_spot_is_where_the_overlay_is_hottest() -> None:
+    heatmap = np.zeros((7, 7), np.float32)
+    heatmap[5, 1] = 1.0  # the cell centred at x = 1.5 / 7, y = 5.5 / 7
+    x, y = hot_spot(heatmap, 224)
+    assert x == pytest.approx(1.5 / 7, abs=1 / MIN_SIDE) and y == pytest.approx(
+        5.5 / 7, abs=1 / MIN_SIDE
+    )
+    picture = np.asarray(overlay(np.full((224, 224), 100, np.uint8), heatmap, 0.9, 0.5, True))
+    spot = picture[int(y * MIN_SIDE), int(x * MIN_SIDE)]
+    assert spot.max() - spot.min() > 40  # the overlay is coloured there
+    assert hot_spot(np.zeros((7, 7), np.float32), 512) == (0.5 / 512, 0.5 / 512)  # first of ties
 
 
 def test_overlay_names_are_flat_and_distinct() -> None:

@@ -15,6 +15,7 @@ from cxr.train.metrics import (
     binary_metrics,
     bootstrap_auc_ci,
     confusion_matrix,
+    pointing_game,
     precision_recall_curve,
     roc_auc,
     roc_curve,
@@ -387,3 +388,23 @@ def test_plot_confusion_matrix_shape_mismatch(tmp_path):
 
     with pytest.raises(ValueError):
         plot_confusion_matrix(np.eye(3, dtype=int), ["a", "b"], tmp_path / "cm.png")
+
+
+def test_pointing_game_counts_peaks_within_the_tolerance_of_a_finding():
+    findings = [[(0.3, 0.5, 0.1)], [(0.3, 0.5, 0.1), (0.7, 0.5, 0.1)], [(0.7, 0.5, 0.1)]]
+    peaks = [(0.3, 0.62), (0.7, 0.45), (0.3, 0.5)]  # inside r + tolerance, inside, wrong lung
+    game = pointing_game(peaks, findings, tolerance=0.05)
+    assert game["pointing_game"] == pytest.approx(2 / 3)
+    assert game["pointing_game_images"] == 3
+    # A uniformly random point: the share of the image within r + tolerance of a finding.
+    one, two = math.pi * 0.15**2, 2 * math.pi * 0.15**2
+    assert game["pointing_game_chance"] == pytest.approx((one + two + one) / 3, rel=0.03)
+    # The best fixed point: (0.3, 0.5) or (0.7, 0.5) hits two of the three.
+    assert game["pointing_game_prior"] == pytest.approx(2 / 3)
+    assert pointing_game(peaks[:1], findings[:1], tolerance=0.0)["pointing_game"] == 0.0
+
+
+def test_pointing_game_of_nothing_and_mismatched_inputs():
+    assert pointing_game([], [])["pointing_game"] is None
+    with pytest.raises(ValueError, match="2 peaks for 1 images"):
+        pointing_game([(0.5, 0.5), (0.1, 0.1)], [[(0.5, 0.5, 0.1)]])
