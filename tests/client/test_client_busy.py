@@ -14,6 +14,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from cxr.client import AsyncTriageClient, TriageClient, contract
+from cxr.client.imaging import load_model_input
 from cxr.client.protocol import Backoff, classify_error
 
 TRITON_MESSAGES = {"full": "Exceeds maximum queue size", "timeout": "Request timeout expired"}
@@ -49,7 +50,13 @@ def test_client_retries_server_busy_until_it_gets_through(
     busy_server, queue_models, xray_pngs: list[Path], caplog, kind: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="client")
-    inputs = xray_pngs * 16  # 96 at once: many more than a batch, the rest queue up
+    with TriageClient(busy_server.grpc_url, model=queue_models[kind]) as client:
+        size = client.model_info().image_size
+    # Model inputs decoded beforehand: the 96 requests leave at once whatever decoding costs on
+    # this machine (files would trickle out of the decode processes as fast as they are decoded,
+    # and a loaded machine's slow decoding kept the queue short enough to never time out).
+    images = [load_model_input(path.read_bytes(), size)[0] for path in xray_pngs]
+    inputs = images * 16  # 96 at once: many more than a batch, the rest queue up
 
     async def run() -> list:
         async with AsyncTriageClient(

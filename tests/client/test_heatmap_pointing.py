@@ -7,9 +7,10 @@ synth`` images, which record where each opacity was drawn. Then, on fresh synthe
 (``cxr evaluate --heatmaps``) and through a real Triton serving the converted model
 (``cxr client predict --heatmaps``: the overlays' hot spots).
 
-Not a lucky draw: the same recipe on seeds 0, 1 and 2 scored 0.80 to 0.87 on such images, against
-a uniformly random point's 0.13 and the best fixed point's 0.60 to 0.64 (README, "Does the map
-point at the finding?"); the fixture checks that the model classifies before any test uses it.
+Not a lucky draw: the same recipe on seeds 0, 1 and 2 scored 0.71 to 0.89 on these images,
+against a uniformly random point's 0.13 (README, "Does the map point at the finding?"), so the
+limits below (0.5, and 3x chance: 0.40) leave a wide margin; the fixture checks that the model
+classifies before any test uses it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 import pytest
 
 from cxr.client.results import HEATMAP_COLUMN, HOT_SPOT_COLUMNS
+
+#: Training takes ~4 minutes on 2 quiet cores: the hang guard keeps a 10x margin over it.
+pytestmark = pytest.mark.timeout(2400)
 
 #: 224 px: a 7x7 map (the backbone's stride is 32).
 SIZE = 224
