@@ -218,7 +218,7 @@ def pointing(
         if drawn:
             chosen.append(i)
             findings.append([(o.x, o.y, o.r) for o in drawn])
-    if not chosen or predictor.heatmaps is None:
+    if not chosen:
         return {}
     maps = [
         heatmap
