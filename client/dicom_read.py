@@ -65,9 +65,14 @@ _PIXEL_DATA_TAG = 0x7FE00010
 
 
 class _CountingReader(io.BytesIO):
-    """A byte stream that refuses to serve more than :data:`MAX_ELEMENT_READS` reads."""
+    """A byte stream over ``source`` that refuses to serve more than :data:`MAX_ELEMENT_READS`
+    reads, and keeps ``source`` for :func:`pixel_data` to view without a copy."""
 
     reads = 0
+
+    def __init__(self, source: bytes) -> None:
+        super().__init__(source)
+        self.source = source
 
     def read(self, size: int | None = -1) -> bytes:
         self.reads += 1
@@ -105,11 +110,29 @@ def read_bounded(data: bytes, keywords: tuple[str, ...] | None = _READ_ATTRIBUTE
         ds.set_original_encoding(False, True)
     else:
         stream.seek(0)
+        # Values above the attribute limit are not read: Pixel Data stays in ``data`` (see
+        # :func:`pixel_data`); any other is refused below without being read.
         ds = pydicom.dcmread(
-            stream, force=True, specific_tags=wanted, stop_before_pixels=keywords is None
+            stream,
+            force=True,
+            specific_tags=wanted,
+            stop_before_pixels=keywords is None,
+            defer_size=MAX_ATTRIBUTE_BYTES,
         )
     _check_attribute_sizes(ds)
     return ds
+
+
+def pixel_data(ds: Dataset) -> bytes | memoryview:
+    """The Pixel Data value of ``ds``: for a file read by :func:`read_bounded` whose Pixel Data
+    is stored as is (not deflated or encapsulated), a view of the file's own bytes, not a copy
+    (shorter than its declared length where the file is cut short)."""
+    element = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+    stream = getattr(ds, "buffer", None)
+    if element is not None and element.value is None and isinstance(stream, _CountingReader):
+        start = element.value_tell
+        return memoryview(stream.source)[start : start + element.length]
+    return ds.PixelData
 
 
 def _inflate(compressed: bytes) -> bytes:
@@ -133,12 +156,20 @@ def _inflate(compressed: bytes) -> bytes:
 
 
 def _check_attribute_sizes(ds: Dataset) -> None:
-    for element in ds.elements():
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would read deferred values)
+        if tag == _PIXEL_DATA_TAG:
+            continue
+        element = ds.get_item(tag, keep_deferred=True)
         value = element.value
-        sized = element.tag != _PIXEL_DATA_TAG and isinstance(value, bytes | bytearray)
-        if sized and len(value) > MAX_ATTRIBUTE_BYTES:
+        if value is None and getattr(element, "is_raw", False):
+            size = element.length  # deferred: longer than the limit, never read
+        elif isinstance(value, bytes | bytearray):
+            size = len(value)
+        else:
+            continue
+        if size > MAX_ATTRIBUTE_BYTES:
             raise ImageDecodeError(
                 "too_large",
-                f"DICOM attribute {element.tag} is {len(value):,} bytes long, above the "
+                f"DICOM attribute {element.tag} is {size:,} bytes long, above the "
                 f"limit of {MAX_ATTRIBUTE_BYTES:,} for a pixel attribute",
             )

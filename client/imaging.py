@@ -56,6 +56,7 @@ from cxr.client.dicom_lut import (
     rgb_to_gray,
     stretch,
 )
+from cxr.client.dicom_read import pixel_data, read_bounded
 from cxr.client.reduced import REDUCING_GAP, draft_jpeg, reduced_dicom_frame
 
 if TYPE_CHECKING:
@@ -209,8 +210,6 @@ def read_dicom(data: bytes) -> Dataset:
     :class:`ImageDecodeError`."""
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    from cxr.client.dicom_read import read_bounded
-
     try:
         ds = read_bounded(data)
         meta = ds.file_meta
@@ -275,7 +274,7 @@ def dicom_to_gray(ds: Dataset, *, square: bool = False, target: int | None = Non
             f"DICOM image attributes missing: {', '.join(missing)} (cannot size the image)",
         )
     try:
-        empty = not ds["PixelData"].value
+        empty = not len(pixel_data(ds))
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -400,7 +399,7 @@ def _native_frame(
     itemsize = bits_allocated // 8
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     dtype = np.dtype(f"{'<>'[not syntax.is_little_endian]}{'iu'[not signed]}{itemsize}")
-    data = ds.PixelData
+    data = pixel_data(ds)
     expected = rows * columns * itemsize
     if len(data) >= 2 * expected:
         raise _extra_frames(len(data) // expected, rows, columns)

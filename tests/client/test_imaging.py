@@ -420,6 +420,72 @@ def test_dicom_rgb_becomes_luminance_and_ignores_a_window() -> None:
     np.testing.assert_array_equal(decode_image(windowed), plain)
 
 
+def _full_pass(monkeypatch: pytest.MonkeyPatch, data: bytes) -> np.ndarray:
+    """``data`` decoded with the value range always taken over every pixel."""
+    from cxr.client import dicom_lut
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dicom_lut, "_clipped_extremes", lambda values, pixels: None)
+        return decode_image(data)
+
+
+@pytest.mark.parametrize(
+    ("case", "window", "sample_settles"),
+    [
+        ("clipped at both ends", {"WindowCenter": "2000", "WindowWidth": "2000"}, True),
+        ("clipped at the low end only", {"WindowCenter": "3500", "WindowWidth": "3000"}, False),
+        (
+            "clipped off the sample grid only",
+            {"WindowCenter": "2000.5", "WindowWidth": "3998"},
+            False,
+        ),
+        ("no window, range inside the 12 bits", {}, False),
+    ],
+)
+def test_value_range_from_a_sample_equals_the_full_pass(
+    monkeypatch: pytest.MonkeyPatch, case: str, window: dict[str, str], sample_settles: bool
+) -> None:
+    # Stored 2..3998 over the frame and 1 and 3999 at two pixels off the sampled rows and
+    # columns: only a window that clips both ends on the sample lets the sample decide; without
+    # a window the range is 1..3999, not the 0..4095 the 12 bits allow.
+    from cxr.client import dicom_lut
+
+    stored = np.linspace(2, 3998, 64 * 64).reshape(64, 64).astype(np.uint16)
+    stored[3, 5], stored[61, 59] = 1, 3999
+    data = dicom_bytes(stored, BitsStored=12, HighBit=11, **window)
+    settled = []
+    sampled = dicom_lut._clipped_extremes
+
+    def spy(values: np.ndarray, pixels: np.ndarray) -> tuple[float, float] | None:
+        settled.append(sampled(values, pixels) is not None)
+        return sampled(values, pixels)
+
+    monkeypatch.setattr(dicom_lut, "_clipped_extremes", spy)
+    out = decode_image(data)
+    assert settled == [sample_settles], case
+    np.testing.assert_array_equal(out, _full_pass(monkeypatch, data))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_uncompressed_pixel_data_is_decoded_without_a_copy() -> None:
+    # 2000 x 2000 12-bit: 8 MB of Pixel Data; the decoded uint8 frame is 4 MB. A copy of the
+    # Pixel Data (pydicom reading its value) would take the peak above 12 MB.
+    stored = (np.arange(2000 * 2000) % 4096).reshape(2000, 2000).astype(np.uint16)
+    data = dicom_bytes(stored, BitsStored=12, HighBit=11, WindowCenter="2000", WindowWidth="2000")
+    decode_image(data)  # imports and first-use allocations outside the measurement
+    with unexpanded(limit=stored.nbytes * 3 // 4):
+        out = decode_image(data)
+    assert out.shape == (2000, 2000)
+
+
+def test_oversize_pixel_attribute_is_refused_without_being_read() -> None:
+    lut = b"\0" * (2**21)  # a 2 MiB "palette": twice the limit for a pixel attribute
+    data = dicom_bytes(gradient(16, 16), RedPaletteColorLookupTableData=lut)
+    with unexpanded(limit=2**20):
+        err = refused(data, "too_large")
+    assert "(0028,1201)" in str(err) and "2,097,152 bytes" in str(err)
+
+
 def test_dicom_without_pixel_data() -> None:
     err = refused(dicom_bytes(None, Rows=64, Columns=64), "no_pixel_data")
     assert "pixel data" in str(err).lower()
