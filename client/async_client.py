@@ -203,15 +203,7 @@ class AsyncTriageClient(ClientBase):
             source, digest = request.source, request.sha256
             started = time.monotonic()
             reply = await self._retrying(
-                timeout or self.connection.timeout,
-                lambda remaining: self._client.infer(
-                    request.model,
-                    request.inputs,
-                    outputs=request.outputs,
-                    priority=level,
-                    client_timeout=remaining,
-                    headers=self.connection.headers,
-                ),
+                timeout or self.connection.timeout, self._infer_call(request, level)
             )
             return finish(request, reply, info, started)
         except TriageError as err:

@@ -248,3 +248,15 @@ class ClientBase:
     def _connect(self, connection: Connection) -> Any:
         """The tritonclient gRPC client (sync or asyncio) for ``connection``."""
         raise NotImplementedError
+
+    def _infer_call(self, request: PreparedRequest, level: int) -> Callable[[float], Any]:
+        """The inference call of ``request`` at priority ``level``, given the seconds left (the
+        sync client's reply, or the asyncio client's awaitable of it)."""
+        return lambda remaining: self._client.infer(
+            request.model,
+            request.inputs,
+            outputs=request.outputs,
+            priority=level,
+            client_timeout=remaining,
+            headers=self.connection.headers,
+        )

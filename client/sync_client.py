@@ -74,17 +74,7 @@ class TriageClient(ClientBase):
     ) -> Result:
         started = time.monotonic()
         try:
-            reply = self._retrying(
-                timeout,
-                lambda remaining: self._client.infer(
-                    request.model,
-                    request.inputs,
-                    outputs=request.outputs,
-                    priority=level,
-                    client_timeout=remaining,
-                    headers=self.connection.headers,
-                ),
-            )
+            reply = self._retrying(timeout, self._infer_call(request, level))
             return finish(request, reply, info, started)
         except TriageError as err:
             return Failure(request.source, err.code, err.message, request.sha256)
