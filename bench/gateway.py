@@ -165,20 +165,18 @@ def bench_gateway(
     repo: Path, count: int, associations: int, size: int, workers: int, concurrency: int
 ) -> dict[str, Any]:
     """Run the benchmark on ``repo`` (its deployed model); figures as a dict."""
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_ports
 
     with tempfile.TemporaryDirectory(prefix="cxr-bench-gateway-") as scratch:
         work = Path(scratch)
         (work / "images").mkdir()
         paths = write_radiographs(work / "images", count, size)
-        config = ServerConfig(
-            repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-        )
+        config = ServerConfig.on_free_ports(repo)
         with TritonServer(config) as server:
             url = server.grpc_url
             client_predict(url, work / "images", work / "warmup.jsonl", concurrency)  # warm-up
             client_s = client_predict(url, work / "images", work / "client.jsonl", concurrency)
-            sink_port, gateway_port = free_port(), free_port()
+            sink_port, gateway_port = free_ports(2)
             sink = ReportSink(sink_port)
             command = [*CXR, "gateway", "--url", url, "--spool", str(work / "spool")]
             command += ["--port", str(gateway_port), "--workers", str(workers)]

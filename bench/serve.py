@@ -216,7 +216,7 @@ def bench_serve(
     with ``heatmaps``) against in-process onnxruntime (batch ``concurrency`` and 1, all cores)
     for ``model`` of ``repo``, alternating the two ``repeats`` times (medians reported). Returns
     a report."""
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer
 
     overrides = overrides or Overrides()
     inproc_rows: list[dict] = []
@@ -229,9 +229,7 @@ def bench_serve(
         spin = bool(scheduling["spin"])  # the same on both sides
         image = np.random.default_rng(0).integers(0, 256, (1, 1, size, size), dtype=np.uint8)
         outputs = (PROBS, HEATMAP) if heatmaps else (PROBS,)
-        config = ServerConfig(
-            served_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-        )
+        config = ServerConfig.on_free_ports(served_repo)
         previous_omp = os.environ.get("OMP_NUM_THREADS")
         if overrides.omp_threads is not None:
             os.environ["OMP_NUM_THREADS"] = str(overrides.omp_threads)

@@ -31,7 +31,7 @@ from cxr.server.repository import (
     publish_classifier,
     publish_front,
 )
-from cxr.server.triton import ServerConfig, ServerError, TritonServer, free_port
+from cxr.server.triton import ServerConfig, ServerError, TritonServer
 
 TABLE_FILE = "sweep.csv"
 PLOT_FILE = "sweep.png"
@@ -106,9 +106,7 @@ def measure(
 ) -> list[Point]:
     """Serve ``clf`` under ``scheduling`` from the scratch ``repo`` and measure each concurrency."""
     (repo / clf.name / CONFIG_FILE).write_text(config_text(classifier_config(clf, scheduling)))
-    config = ServerConfig(
-        repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
+    config = ServerConfig.on_free_ports(repo)
     try:
         with TritonServer(config) as server:
             failed = server.failed_models()

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cxr.client.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from cxr.client.network import is_loopback
@@ -86,6 +87,12 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def on_free_ports(cls, repo: Path, **options: Any) -> ServerConfig:
+        """A loopback configuration of ``repo`` on three distinct free ports."""
+        grpc, http, metrics = free_ports(3)
+        return cls(repo, grpc_port=grpc, http_port=http, metrics_port=metrics, **options)
 
 
 def check_exposure(config: ServerConfig) -> None:
@@ -186,9 +193,17 @@ def port_in_use(host: str, port: int) -> bool:
 
 def free_port() -> int:
     """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on loopback (held together while picked, so the kernel
+    cannot hand the same one out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @dataclass

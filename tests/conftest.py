@@ -174,11 +174,9 @@ def model_repo(conversion: tuple[dict, Path]) -> Path:
 @pytest.fixture(scope="session")
 def triton(model_repo: Path) -> Iterator:
     """A real embedded tritonserver serving ``model_repo`` on free loopback ports."""
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer
 
-    config = ServerConfig(
-        model_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
+    config = ServerConfig.on_free_ports(model_repo)
     with TritonServer(config) as server:
         failed = server.failed_models()
         assert not failed, f"models failed to load: {failed}\n{server.log_tail()}"

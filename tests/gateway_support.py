@@ -47,9 +47,13 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = HANG) -> 
 
 
 def free_port() -> int:
-    from cxr.server.triton import free_port as triton_free_port
+    return free_ports(1)[0]
 
-    return triton_free_port()
+
+def free_ports(count: int) -> list[int]:
+    from cxr.server.triton import free_ports as triton_free_ports
+
+    return triton_free_ports(count)
 
 
 @dataclass
@@ -241,8 +245,7 @@ class Orthanc:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.http_port, self.dicom_port = free_port(), free_port()
-        self.gateway_port = free_port()
+        self.http_port, self.dicom_port, self.gateway_port = free_ports(3)
         self.process: subprocess.Popen | None = None
         self.config = folder / "orthanc.json"
         settings = {

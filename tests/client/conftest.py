@@ -171,13 +171,14 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 def start_server() -> Iterator[Callable[..., Any]]:
     """Start a TritonServer of our own (``ServerConfig`` keywords, free ports unless given);
     every one is stopped at the end of the session."""
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_ports
 
     with contextlib.ExitStack() as stack:
 
         def start(repo: Path, **options: Any) -> TritonServer:
-            for key in ("grpc_port", "http_port", "metrics_port"):
-                options[key] = options.get(key) or free_port()
+            keys = ("grpc_port", "http_port", "metrics_port")
+            for key, port in zip(keys, free_ports(3), strict=True):
+                options[key] = options.get(key) or port
             server = stack.enter_context(TritonServer(ServerConfig(repo, **options)))
             assert not server.failed_models(), server.log_tail()
             return server

@@ -47,9 +47,9 @@ def assert_complete(out: Path, fmt: str, inputs: list[Path]) -> list[dict]:
 def test_server_killed_mid_run_then_restarted(
     model_repo: Path, many_pngs: list[Path], tmp_path: Path, start_server, run_cli, cli_command
 ) -> None:
-    from cxr.server.triton import free_port
+    from cxr.server.triton import free_ports
 
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    ports = dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3), strict=True))
     server = start_server(model_repo, **ports)
     out = tmp_path / "rows.jsonl"
     args = ["predict", str(many_pngs[0].parent), "--url", server.grpc_url, "--format", "jsonl"]

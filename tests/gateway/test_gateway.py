@@ -196,16 +196,16 @@ def test_pacs_down_then_back(
 def test_triton_down_instances_wait(
     model_repo: Path, synthetic_data: Path, tmp_path: Path, start_gateway
 ) -> None:
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer, free_ports
 
     images = make_radiographs(synthetic_data, tmp_path / "in", 4, prefix="triton-down")
-    grpc_port = free_port()
+    grpc_port, http_port, metrics_port = free_ports(3)
     gateway = start_gateway(f"127.0.0.1:{grpc_port}", tmp_path / "spool", "--timeout", "2")
     assert storescu(gateway.port, *(i.path for i in images)).returncode == 0
     counts = gateway.counts()
     assert counts["received"] == 4 and counts["triaged"] == 0 and counts["failed"] == 0, counts
     config = ServerConfig(
-        model_repo, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()
+        model_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port
     )
     with TritonServer(config):
         wait_for(lambda: gateway.counts()["triaged"] == 4, "the 4 waiting instances triaged")

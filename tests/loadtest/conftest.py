@@ -74,7 +74,7 @@ def slow_server(own_repo: Path) -> Iterator[Any]:
     time (thousands of requests cancelled at 1 ms deadlines once crashed Triton 2.51)."""
     from cxr.client import contract
     from cxr.server.repository import CONFIG_FILE, config_text, read_config
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer
 
     ensemble = read_config(own_repo / contract.ENSEMBLE_MODEL / CONFIG_FILE)
     deployed = own_repo / ensemble.parameters[contract.PARAM_DEPLOYED_MODEL].string_value
@@ -87,8 +87,6 @@ def slow_server(own_repo: Path) -> Iterator[Any]:
     for policy in batching.priority_queue_policy.values():
         policy.default_timeout_microseconds = 0
     (deployed / CONFIG_FILE).write_text(config_text(config))
-    server_config = ServerConfig(
-        own_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()
-    )
+    server_config = ServerConfig.on_free_ports(own_repo)
     with TritonServer(server_config) as server:
         yield server

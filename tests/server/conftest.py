@@ -134,15 +134,9 @@ def served_repo(cpu_repo: Path, deployed: str, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="session")
 def served(served_repo: Path, admin_key: str) -> Iterator[Any]:
     """A real server of :func:`served_repo`, admin protocols restricted by :func:`admin_key`."""
-    from cxr.server.triton import ServerConfig, TritonServer, free_port
+    from cxr.server.triton import ServerConfig, TritonServer
 
-    config = ServerConfig(
-        served_repo,
-        grpc_port=free_port(),
-        http_port=free_port(),
-        metrics_port=free_port(),
-        admin_key=admin_key,
-    )
+    config = ServerConfig.on_free_ports(served_repo, admin_key=admin_key)
     with TritonServer(config) as server:
         assert not server.failed_models(), server.log_tail()
         yield server

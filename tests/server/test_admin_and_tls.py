@@ -103,12 +103,10 @@ def test_inference_metadata_and_health_stay_open(
 @pytest.fixture(scope="module")
 def mtls(cpu_repo: Path, dev_certs: Any) -> Iterator[Any]:
     """A server of the converted repository with gRPC mutual TLS."""
-    from cxr.server.triton import TLS, ServerConfig, TritonServer, free_port
+    from cxr.server.triton import TLS, ServerConfig, TritonServer
 
     tls = TLS(dev_certs.server_cert, dev_certs.server_key, dev_certs.ca_cert)
-    config = ServerConfig(
-        cpu_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), tls=tls
-    )
+    config = ServerConfig.on_free_ports(cpu_repo, tls=tls)
     with TritonServer(config) as server:
         assert not server.failed_models(), server.log_tail()
         yield server

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cxr.client import contract
 from cxr.server.private import UnsafeFolderError, private_folder
-from cxr.server.triton import ServerConfig, TritonServer, free_port
+from cxr.server.triton import ServerConfig, TritonServer
 
 RESTRICTED_MESSAGE = "This protocol is restricted"
 
@@ -37,8 +37,7 @@ def http_status(url: str, method: str = "GET") -> int:
 
 def start(repo: Path, **options: Any) -> TritonServer:
     """A started server of ``repo`` on free loopback ports."""
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
-    server = TritonServer(ServerConfig(repo, **ports, **options))
+    server = TritonServer(ServerConfig.on_free_ports(repo, **options))
     try:
         server.start()
     except BaseException:

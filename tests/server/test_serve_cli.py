@@ -29,10 +29,16 @@ from cxr.client import contract
 from cxr.server.backend.siblings import PREFIX as LOCK_PREFIX
 from cxr.server.private import RUNTIME_DIR_ENV
 from cxr.server.repository import ONNX_FILE, VERSION
-from cxr.server.triton import SHM_PREFIX, free_port
+from cxr.server.triton import SHM_PREFIX, free_port, free_ports
 
 START_DEADLINE_S = 180
 STOP_DEADLINE_S = 60
+
+
+def port_options() -> list[str]:
+    """``cxr serve`` options for three distinct free loopback ports."""
+    names = ("grpc", "http", "metrics")
+    return [f"--{n}-port={port}" for n, port in zip(names, free_ports(3), strict=True)]
 
 
 def cxr_serve(*args: str) -> list[str]:
@@ -157,7 +163,7 @@ def broken_variant_repo(
 def serving(broken_variant_repo: tuple[Path, str], dev_certs: Any) -> Iterator[dict]:
     """``cxr serve`` running with TLS on free ports (stopped by the test, killed if it fails)."""
     repo, broken = broken_variant_repo
-    ports = {name: free_port() for name in ("grpc", "http", "metrics")}
+    ports = dict(zip(("grpc", "http", "metrics"), free_ports(3), strict=True))
     args = [f"--{name}-port={port}" for name, port in ports.items()]
     process = subprocess.Popen(
         cxr_serve(
@@ -242,7 +248,7 @@ def test_serve_reports_models_serves_tls_and_stops_cleanly(
 
 
 def test_a_signal_while_starting_stops_everything(cpu_repo: Path) -> None:
-    ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
+    ports = port_options()
     process, output = start_serve("--repo", str(cpu_repo), *ports)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
@@ -308,7 +314,7 @@ def test_serve_refuses_when_no_model_loads(
 ) -> None:
     repo = clone(cpu_repo, tmp_path / "repo", [deployed])
     (repo / deployed / VERSION / ONNX_FILE).unlink()
-    ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
+    ports = port_options()
     done = CliRunner().invoke(serve_app, ["--repo", str(repo), *ports])
     assert done.exit_code == 2, done.output
     assert f"no model of {repo} loaded" in done.output
@@ -332,7 +338,7 @@ def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
 
 
 def test_a_killed_serve_leaves_no_server_and_the_ports_serve_again(cpu_repo: Path) -> None:
-    ports = [f"--{n}-port={free_port()}" for n in ("grpc", "http", "metrics")]
+    ports = port_options()
     process, output = start_serve("--repo", str(cpu_repo), *ports)
     try:
         text = output.wait_for("Ctrl-C to stop.", process, START_DEADLINE_S)
