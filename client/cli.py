@@ -13,10 +13,11 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from cxr.client.contract import Priority
 from cxr.client.options import (
     ClientCert,
     ClientKey,
@@ -26,6 +27,7 @@ from cxr.client.options import (
     fail,
     tls_kwargs,
 )
+from cxr.client.results import Format
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -96,8 +98,8 @@ def predict_command(
     paths: Annotated[list[str], typer.Argument(help="Files, folders or globs (PNG, JPEG, DICOM).")],
     url: Url = "localhost:8001",
     model: Annotated[str | None, typer.Option(help="Model (default: the deployed one).")] = None,
-    priority: Annotated[str, typer.Option(help="routine or stat.")] = "routine",
-    fmt: Annotated[str, typer.Option("--format", help="table, json, jsonl or csv.")] = "table",
+    priority: Annotated[Priority, typer.Option(help="Triage priority.")] = "routine",
+    fmt: Annotated[Format, typer.Option("--format", help="Row format.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write results here instead of stdout.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
     workers: Annotated[
@@ -138,7 +140,6 @@ def predict_command(
 
     from cxr.client.results import (
         COLUMNS,
-        FORMATS,
         HEATMAP_COLUMN,
         HEATMAP_COLUMNS,
         HOT_SPOT_COLUMNS,
@@ -152,10 +153,6 @@ def predict_command(
         resume_plan,
     )
 
-    if fmt not in FORMATS:
-        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if priority not in ("routine", "stat"):
-        raise fail(f"--priority must be routine or stat, not {priority!r}")
     if resume and (out is None or fmt == "table"):
         raise fail("--resume needs --out with --format jsonl, csv or json")
     if resume and overwrite:
@@ -377,7 +374,7 @@ def models_command(
         str | None,
         typer.Option(envvar="CXR_ADMIN_KEY", help="Admin key: lists the whole repository."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[Literal["table", "json"], typer.Option("--format")] = "table",
     ssl: Ssl = False,
     root_cert: RootCert = None,
     client_cert: ClientCert = None,
@@ -396,8 +393,6 @@ def models_command(
     from cxr.client.protocol import TriageError
     from cxr.client.sync_client import TriageClient
 
-    if fmt not in ("table", "json"):
-        raise fail(f"--format must be table or json, not {fmt!r}")
     tls = tls_kwargs(ssl, root_cert, client_cert, client_key)
     if admin_key and not ssl and not is_loopback(url_host(url)):
         raise fail(f"--admin-key to {url} needs --ssl: the key is never sent in clear")

@@ -7,6 +7,8 @@ value here and every part follows; nothing else in the project spells these out.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 # --- Tensors ---------------------------------------------------------------------------------
@@ -66,7 +68,9 @@ DEFAULT_CLASSES = (NEGATIVE_CLASS, POSITIVE_CLASS)
 # --- Priorities (Triton dynamic batching, priority_levels: 2) -------------------------------
 PRIORITY_STAT = 1  # urgent studies: served first
 PRIORITY_ROUTINE = 2  # the default level
-PRIORITIES = {"stat": PRIORITY_STAT, "routine": PRIORITY_ROUTINE}
+#: A request's priority by name (the ``--priority`` choices).
+Priority = Literal["stat", "routine"]
+PRIORITIES: dict[Priority, int] = {"stat": PRIORITY_STAT, "routine": PRIORITY_ROUTINE}
 
 # --- Model-card fields carried in config.pbtxt `parameters` ---------------------------------
 #: Keys of the model card that the repository writes into each classifier's config parameters,

@@ -30,15 +30,18 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 from cxr.client.files import write_atomic
-from cxr.client.protocol import Result
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-FORMATS = ("table", "json", "jsonl", "csv")
+    from cxr.client.protocol import Result
+
+#: How rows are written (the ``--format`` choices).
+Format = Literal["table", "json", "jsonl", "csv"]
+FORMATS: tuple[str, ...] = get_args(Format)
 RESUMABLE = ("json", "jsonl", "csv")
 COLUMNS = (
     "source",

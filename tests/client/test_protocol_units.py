@@ -4,6 +4,7 @@ request building. A clock that the test moves stands in for ``time.monotonic``."
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,7 @@ def test_prediction_follows_the_operating_threshold() -> None:
 @pytest.mark.parametrize(("name", "level"), [("stat", 1), ("routine", 2)])
 def test_priority_levels(name: str, level: int) -> None:
     assert priority_level(name) == level == contract.PRIORITIES[name]
+    assert name in typing.get_args(contract.Priority)  # the CLI's --priority choices
 
 
 def test_unknown_priority() -> None:
