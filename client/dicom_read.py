@@ -162,7 +162,7 @@ def _check_attribute_sizes(ds: Dataset) -> None:
         element = ds.get_item(tag, keep_deferred=True)
         value = element.value
         if value is None and getattr(element, "is_raw", False):
-            size = element.length  # deferred: longer than the limit, never read
+            size = element.length  # deferred (above the limit, never read) or empty
         elif isinstance(value, bytes | bytearray):
             size = len(value)
         else:
