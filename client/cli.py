@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from cxr.client.contract import Priority
+from cxr.client.choices import Format, Priority
 from cxr.client.options import (
     ClientCert,
     ClientKey,
@@ -27,7 +27,6 @@ from cxr.client.options import (
     fail,
     tls_kwargs,
 )
-from cxr.client.results import Format
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -7,9 +7,9 @@ value here and every part follows; nothing else in the project spells these out.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
+
+from cxr.client.choices import Priority
 
 # --- Tensors ---------------------------------------------------------------------------------
 #: Classifier input: one grayscale image per item, uint8, [1, S, S] (Triton adds the batch axis).
@@ -68,8 +68,6 @@ DEFAULT_CLASSES = (NEGATIVE_CLASS, POSITIVE_CLASS)
 # --- Priorities (Triton dynamic batching, priority_levels: 2) -------------------------------
 PRIORITY_STAT = 1  # urgent studies: served first
 PRIORITY_ROUTINE = 2  # the default level
-#: A request's priority by name (the ``--priority`` choices).
-Priority = Literal["stat", "routine"]
 PRIORITIES: dict[Priority, int] = {"stat": PRIORITY_STAT, "routine": PRIORITY_ROUTINE}
 
 # --- Model-card fields carried in config.pbtxt `parameters` ---------------------------------

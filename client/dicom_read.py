@@ -62,6 +62,7 @@ MAX_INFLATED_BYTES = 48 * 2**20
 #: Largest kept attribute other than Pixel Data (a 65,536-entry 16-bit LUT is 128 KiB).
 MAX_ATTRIBUTE_BYTES = 2**20
 _PIXEL_DATA_TAG = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class _CountingReader(io.BytesIO):
@@ -101,7 +102,8 @@ def read_bounded(data: bytes, keywords: tuple[str, ...] | None = _READ_ATTRIBUTE
     stream = _CountingReader(data)
     read_preamble(stream, True)
     meta = _read_file_meta_info(stream)
-    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax == DeflatedExplicitVRLittleEndian:
         body = _inflate(data[stream.tell() :])
         stop = _at_pixel_data if keywords is None else None
         ds = read_dataset(_CountingReader(body), False, True, stop_when=stop, specific_tags=wanted)
@@ -110,14 +112,16 @@ def read_bounded(data: bytes, keywords: tuple[str, ...] | None = _READ_ATTRIBUTE
         ds.set_original_encoding(False, True)
     else:
         stream.seek(0)
-        # Values above the attribute limit are not read: Pixel Data stays in ``data`` (see
-        # :func:`pixel_data`); any other is refused below without being read.
+        # Uncompressed: values above the attribute limit are not read, so Pixel Data stays in
+        # ``data`` (see :func:`pixel_data`) and any other is refused below without being read.
+        # (Encapsulated Pixel Data is read: deferring it would walk its fragments twice.)
+        native = syntax is None or (syntax.is_transfer_syntax and not syntax.is_encapsulated)
         ds = pydicom.dcmread(
             stream,
             force=True,
             specific_tags=wanted,
             stop_before_pixels=keywords is None,
-            defer_size=MAX_ATTRIBUTE_BYTES,
+            defer_size=MAX_ATTRIBUTE_BYTES if native else None,
         )
     _check_attribute_sizes(ds)
     return ds
@@ -168,8 +172,9 @@ def _check_attribute_sizes(ds: Dataset) -> None:
         else:
             continue
         if size > MAX_ATTRIBUTE_BYTES:
+            length = "of undefined length" if size == _UNDEFINED_LENGTH else f"{size:,} bytes long"
             raise ImageDecodeError(
                 "too_large",
-                f"DICOM attribute {element.tag} is {size:,} bytes long, above the "
-                f"limit of {MAX_ATTRIBUTE_BYTES:,} for a pixel attribute",
+                f"DICOM attribute {element.tag} is {length}, above the "
+                f"limit of {MAX_ATTRIBUTE_BYTES:,} bytes for a pixel attribute",
             )

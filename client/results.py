@@ -30,8 +30,9 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, get_args
+from typing import IO, TYPE_CHECKING, Any, get_args
 
+from cxr.client.choices import Format
 from cxr.client.files import write_atomic
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
     from cxr.client.protocol import Result
 
-#: How rows are written (the ``--format`` choices).
-Format = Literal["table", "json", "jsonl", "csv"]
 FORMATS: tuple[str, ...] = get_args(Format)
 RESUMABLE = ("json", "jsonl", "csv")
 COLUMNS = (

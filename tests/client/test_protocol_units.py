@@ -12,6 +12,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from cxr.client import contract
+from cxr.client.choices import Priority
 from cxr.client.core import PreparedRequest, discovery, prepare, priority_level
 from cxr.client.protocol import (
     Attempts,
@@ -238,7 +239,7 @@ def test_prediction_follows_the_operating_threshold() -> None:
 @pytest.mark.parametrize(("name", "level"), [("stat", 1), ("routine", 2)])
 def test_priority_levels(name: str, level: int) -> None:
     assert priority_level(name) == level == contract.PRIORITIES[name]
-    assert name in typing.get_args(contract.Priority)  # the CLI's --priority choices
+    assert name in typing.get_args(Priority)  # the CLI's --priority choices
 
 
 def test_unknown_priority() -> None:
