@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -94,35 +95,56 @@ def contract_codes() -> set[str]:
     return {*DECODE_CODES, "decode_failed"}
 
 
+def _pending(metrics_url: str, model: str) -> int:
+    """Requests waiting in ``model``'s queue, not yet executing (Triton's pending gauge)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    gauge = rf'^nv_inference_pending_request_count{{model="{model}",version="\d+"}} (\d+)$'
+    match = re.search(gauge, text, re.MULTILINE)
+    assert match, f"no pending-request gauge for {model} in {metrics_url}"
+    return int(match.group(1))
+
+
 def test_a_stat_study_overtakes_routine_decoding(served: Any) -> None:
-    """40 routine files of slow decoding queue up in ``preprocess``; a STAT file sent after
-    them is decoded in the next batch, not after them (priority levels in preprocess)."""
+    """80 routine files that are small to send but slow to decode (a 16 MP flat PNG) queue up in
+    ``preprocess``; a STAT file sent once Triton's gauge shows at least 48 of them waiting is
+    decoded in the next batch, not after them (priority levels in preprocess). The STAT file
+    goes when the queue is seen, not after a sleep, so the outcome does not rest on how fast
+    this machine decodes."""
     from fuzz_inputs import png_bytes
 
-    big = png_bytes(np.random.default_rng(5).integers(0, 256, (1500, 1500), dtype=np.uint8))
-    routine_count = 40
+    heavy = png_bytes(np.full((4000, 4000), 128, dtype=np.uint8))
+    light = png_bytes(np.full((64, 64), 128, dtype=np.uint8))
+    routine_count, queued = 80, 48
 
     async def run() -> tuple[list[float], float]:
         async with aioclient.InferenceServerClient(served.grpc_url) as client:
 
-            async def one(priority: int) -> float:
+            async def one(data: bytes, priority: int) -> float:
                 tensor = aioclient.InferInput(contract.IMAGE_BYTES, [1, 1], "BYTES")
-                tensor.set_data_from_numpy(np.array([[big]], dtype=np.object_))
+                tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
                 await client.infer(
-                    contract.ENSEMBLE_MODEL, [tensor], priority=priority, client_timeout=120
+                    contract.ENSEMBLE_MODEL, [tensor], priority=priority, client_timeout=300
                 )
                 return asyncio.get_running_loop().time()
 
             routine = [
-                asyncio.ensure_future(one(contract.PRIORITY_ROUTINE)) for _ in range(routine_count)
+                asyncio.ensure_future(one(heavy, contract.PRIORITY_ROUTINE))
+                for _ in range(routine_count)
             ]
-            await asyncio.sleep(0.15)  # the routine files are queued (or being decoded)
-            stat = await one(contract.PRIORITY_STAT)
+            waiting = 0
+            while waiting < queued:
+                assert not any(task.done() for task in routine), "the queue drained first"
+                await asyncio.sleep(0.005)
+                pending = asyncio.to_thread(_pending, served.metrics_url, contract.PREPROCESS_MODEL)
+                waiting = await pending
+            stat = await one(light, contract.PRIORITY_STAT)
             return list(await asyncio.gather(*routine)), stat
 
     routine_done, stat_done = asyncio.run(run())
     after = sum(done > stat_done for done in routine_done)
-    # Two instances take a batch each; the STAT file joins the next one, so at least the two
-    # batches of the max batch size still queued finish after it.
+    # At least 48 waited when the STAT file was sent. Two instances take a batch each; the STAT
+    # file joins the next one, so at least the two batches of the max batch size still queued
+    # behind it finish after it.
     max_batch = read_config(served.config.repo / contract.PREPROCESS_MODEL / CONFIG_FILE)
     assert after >= 2 * max_batch.max_batch_size, (after, routine_count)
