@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements/lock.txt
 CLIENT_LOCK := requirements/client.txt
-LOCKED_EXTRAS := train,convert,serve,loadtest,gateway,certs,dev
+LOCKED_EXTRAS := train,convert,serve,loadtest,gateway,certs,fast,dev
 PIP_TOOLS := pip-tools==7.6.2
 LOCK_VENV := build/lock-venv
 COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --allow-unsafe --generate-hashes --strip-extras \

@@ -33,13 +33,22 @@ def parse_batches(text: str) -> list[int]:
 
 
 def print_rows(title: str, rows: list[dict]) -> None:
-    """Print benchmark rows (dicts with the same keys) as a table on stdout."""
+    """Print benchmark rows (dicts with the same keys) as a table on stdout: a column per key, or,
+    where that is wider than the terminal, a column per row (nothing cut short)."""
+    out = Console()
     table = Table(title=title)
     for key in rows[0]:
         table.add_column(key, justify="right")
     for row in rows:
         table.add_row(*(str(value) for value in row.values()))
-    Console().print(table)
+    if out.measure(table, options=out.options.update_width(10_000)).maximum > out.width:
+        table = Table(title=title, show_header=False)
+        table.add_column()
+        for _ in rows:
+            table.add_column(justify="right")
+        for key in rows[0]:
+            table.add_row(key, *(str(row[key]) for row in rows))
+    out.print(table)
 
 
 @bench_app.command("onnx")

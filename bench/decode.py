@@ -34,8 +34,9 @@ def bench_decode(
     say: Callable[[str], object] = lambda _: None,
 ) -> list[dict]:
     """One row per (syntax, bits stored): read / fast / reference ms per image and MP/s, and
-    the fast path's resize alone (box reduction and antialiased resize of the decoded frame):
-    what no decoder can save, so ``ceiling`` is the speed-up of a decoder that cost nothing."""
+    what the fast path does after decoding (``resize``: the antialiased resize; greyscale DICOM
+    leaves its lookup pass already box-reduced): what no decoder can save, so ``ceiling`` is the
+    speed-up of a decoder that cost nothing."""
     from cxr.bench.decode_corpus import corpus, reference_model_input
     from cxr.client.imaging import decode_image, load_model_input, to_model_input
 

@@ -9,6 +9,7 @@ MONOCHROME2.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import shutil
 import subprocess
@@ -21,9 +22,11 @@ import numpy as np
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
+    from pydicom.uid import UID
 
 #: Syntax name -> (transfer syntax UID, how it is encoded). ``dcmtk`` syntaxes need its Debian
-#: command-line tools (``apt-get install dcmtk``); the others use pydicom's encoders.
+#: command-line tools (``apt-get install dcmtk``), HTJ2K the ``imagecodecs`` package (OpenJPH's
+#: encoder, in the ``dev`` extra); the others use pydicom's encoders or Pillow.
 SYNTAXES: dict[str, tuple[str, str]] = {
     "explicit": ("1.2.840.10008.1.2.1", "native"),
     "implicit": ("1.2.840.10008.1.2", "native"),
@@ -31,7 +34,8 @@ SYNTAXES: dict[str, tuple[str, str]] = {
     "rle": ("1.2.840.10008.1.2.5", "pydicom"),
     "jpeg-ls": ("1.2.840.10008.1.2.4.80", "pydicom"),
     "j2k": ("1.2.840.10008.1.2.4.90", "pydicom"),
-    "htj2k": ("1.2.840.10008.1.2.4.201", "j2k-codestream"),
+    "htj2k": ("1.2.840.10008.1.2.4.201", "openjph"),
+    "htj2k-rpcl": ("1.2.840.10008.1.2.4.202", "openjph"),
     "jpeg-lossless-sv1": ("1.2.840.10008.1.2.4.70", "dcmtk"),
     "jpeg-lossless": ("1.2.840.10008.1.2.4.57", "dcmtk"),
     "jpeg-baseline": ("1.2.840.10008.1.2.4.50", "pillow"),
@@ -104,11 +108,8 @@ def encode(ds: Dataset, syntax: str) -> bytes:
         ds.file_meta.TransferSyntaxUID = UID(uid)
     elif how == "pydicom":
         ds.compress(UID(uid))
-    elif how == "j2k-codestream":
-        # No HTJ2K encoder ships as a wheel: a Part-1 J2K codestream is a valid subset that the
-        # HTJ2K decoders read, so this exercises the syntax's decoder path.
-        ds.compress(UID(SYNTAXES["j2k"][0]))
-        ds.file_meta.TransferSyntaxUID = UID(uid)
+    elif how == "openjph":
+        ds = _htj2k_lossless(ds, UID(uid))
     elif how == "pillow":
         ds = _jpeg_baseline(ds)
     elif how == "dcmtk":
@@ -120,8 +121,11 @@ def encode(ds: Dataset, syntax: str) -> bytes:
 
 def can_encode(syntax: str) -> str | None:
     """None when ``syntax`` can be generated here, else why not."""
-    if SYNTAXES[syntax][1] == "dcmtk" and shutil.which("dcmcjpeg") is None:
+    how = SYNTAXES[syntax][1]
+    if how == "dcmtk" and shutil.which("dcmcjpeg") is None:
         return "dcmtk's dcmcjpeg is not installed (apt-get install dcmtk)"
+    if how == "openjph" and importlib.util.find_spec("imagecodecs") is None:
+        return "imagecodecs (OpenJPH's HTJ2K encoder) is not installed: pip install imagecodecs"
     return None
 
 
@@ -142,6 +146,21 @@ def _jpeg_baseline(ds: Dataset) -> Dataset:
     ds.PixelData = encapsulate([buffer.getvalue()])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return ds
+
+
+def _htj2k_lossless(ds: Dataset, uid: UID) -> Dataset:
+    """A real Part 15 (high-throughput) codestream from OpenJPH: reversible, RPCL progression
+    (its default), with tile-part length (TLM) markers for the RPCL syntax."""
+    from imagecodecs import htj2k_encode
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLosslessRPCL
+
+    pixels = np.frombuffer(ds.PixelData, np.uint16 if ds.BitsAllocated == 16 else np.uint8)
+    frame = pixels.reshape(ds.Rows, ds.Columns)
+    ds.PixelData = encapsulate([htj2k_encode(frame, reversible=True, tlm=uid == HTJ2KLosslessRPCL)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid
     return ds
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
+from cxr.client.lut_kernel import kernel, pillow_multiplier, readonly
+from cxr.client.reduced import centre_box
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -46,10 +48,16 @@ def code_domain(pixels: np.ndarray, bits_allocated: int, bits_stored: int) -> np
     high bits are ignored (sign-extended for signed data), as pydicom does."""
     codes = np.arange(256 if pixels.dtype.itemsize == 1 else 65_536, dtype=np.uint32)
     values = codes.astype(as_codes(pixels).dtype).view(pixels.dtype)
-    shift = min(bits_allocated, 8 * pixels.dtype.itemsize) - bits_stored
-    if 0 < shift < 8 * pixels.dtype.itemsize:
+    shift = _unused_bits(pixels, bits_allocated, bits_stored)
+    if shift:
         values = np.right_shift(np.left_shift(values, shift), shift)
     return values
+
+
+def _unused_bits(pixels: np.ndarray, bits_allocated: int, bits_stored: int) -> int:
+    """How many high bits of the frame's dtype the stored values ignore (0: none)."""
+    shift = min(bits_allocated, 8 * pixels.dtype.itemsize) - bits_stored
+    return shift if 0 < shift < 8 * pixels.dtype.itemsize else 0
 
 
 def grayscale_lut(
@@ -66,7 +74,11 @@ def grayscale_lut(
     """The uint8 display value of every stored code of a greyscale frame (``lut_sequences``:
     whether a Modality or VOI LUT table, possibly non-monotonic, takes part)."""
     stored = code_domain(pixels, bits_allocated, bits_stored)
-    values = display_values(stored, ds, rescale=rescale, voi=voi)
+    # The domain repeats every 2**(used bits) codes (12-bit data: 16 times): compute one period
+    # through pydicom's float64 functions, then repeat it.
+    period = len(stored) >> _unused_bits(pixels, bits_allocated, bits_stored)
+    values = display_values(stored[:period], ds, rescale=rescale, voi=voi)
+    values = np.tile(values, len(stored) // period)
     extremes = _clipped_extremes(values, pixels)
     if extremes is None:
         shown = values[_present(pixels, stored, bits_stored, monotonic=not lut_sequences)]
@@ -132,11 +144,32 @@ def _present(
     return np.bincount(as_codes(pixels).ravel(), minlength=len(stored)) > 0
 
 
-def apply_lut(lut: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """``lut[pixels]`` over the frame's unsigned codes, uint8 out, a band of rows at a time (the
-    index conversion stays small and in cache). ``lut`` covers every code of the dtype, so no
-    index is out of range: ``mode="clip"`` only skips numpy's bounds check (25 % faster)."""
+def apply_lut(
+    lut: np.ndarray, pixels: np.ndarray, *, square: bool = False, factor: int = 1
+) -> np.ndarray:
+    """``lut[pixels]`` over the frame's unsigned codes, uint8 out; ``square``: only the centre
+    square (:func:`~cxr.client.reduced.centre_box`), box-reduced by ``factor`` (Pillow's
+    ``reduce``; a factor of its side). In one compiled pass where numba is installed
+    (:mod:`cxr.client.lut_kernel`), else a band of rows at a time, then Pillow."""
     codes = as_codes(pixels)
+    compiled = kernel() if codes.ndim == 2 else None
+    top, left = 0, 0
+    height, width = codes.shape[:2]
+    if square:
+        top, left, side = centre_box(height, width)
+        height = width = side
+    if compiled is not None:
+        out = np.empty((height // factor, width // factor), dtype=np.uint8)
+        multiplier = pillow_multiplier(factor * factor)
+        compiled(readonly(lut), readonly(codes), top, left, factor, multiplier, out)
+        return out
+    gray = _take(lut, codes[top : top + height, left : left + width] if square else codes)
+    return np.asarray(Image.fromarray(gray).reduce(factor)) if factor > 1 else gray
+
+
+def _take(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``lut`` covers every code of the dtype, so no index is out of range: ``mode="clip"`` only
+    skips numpy's bounds check (25 % faster)."""
     if codes.ndim != 2:
         return np.take(lut, codes, mode="clip")
     out = np.empty(codes.shape, dtype=np.uint8)

@@ -29,9 +29,9 @@ Choices, in one place:
 - DICOM greyscale goes through one lookup table per file (:mod:`cxr.client.dicom_lut`), never a
   float copy of the frame.
 - Model input: centre-crop to a square on the short side, a whole-factor box reduction that keeps
-  it at least :data:`REDUCING_GAP` times the target, then an antialiased bilinear resize. JPEG
-  whose values are shown as stored is decoded at the DCT scale that keeps the same gap
-  (:mod:`client.reduced`).
+  it at least ``REDUCING_GAP`` times the target, then an antialiased bilinear resize. Greyscale
+  DICOM decoded for a target is box-reduced in the lookup table's pass; JPEG whose values are
+  shown as stored is decoded at the DCT scale that keeps the same gap (:mod:`client.reduced`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from cxr.client.dicom_lut import (
     stretch,
 )
 from cxr.client.dicom_read import pixel_data, read_bounded
-from cxr.client.reduced import REDUCING_GAP, draft_jpeg, reduced_dicom_frame
+from cxr.client.reduced import box_factor, centre_box, draft_jpeg, reduced_dicom_frame
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -95,8 +95,8 @@ def decode_image(data: bytes, *, square: bool = False, target: int | None = None
     """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
     ``square``: greyscale DICOM may return only the centre square that
     :func:`to_model_input` keeps (the display scaling still uses the whole frame); ``target``:
-    the model input side the image is for, so JPEG may be decoded at a reduced scale
-    (:mod:`client.reduced`)."""
+    the model input side the image is for, so a greyscale DICOM square comes back box-reduced
+    and JPEG may be decoded at a reduced scale (:mod:`client.reduced`)."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(
@@ -349,7 +349,8 @@ def dicom_to_gray(ds: Dataset, *, square: bool = False, target: int | None = Non
         invert=invert,
         lut_sequences="ModalityLUTSequence" in ds or "VOILUTSequence" in ds,
     )
-    return apply_lut(lut, centre_square(pixels) if square else pixels)
+    factor = box_factor(min(pixels.shape), target) if square and target else 1
+    return apply_lut(lut, pixels, square=square, factor=factor)
 
 
 def _shown_as_stored(ds: Dataset, photometric: str, samples: int, bits_stored: int) -> bool:
@@ -464,8 +465,8 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
 
 def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop a 2-D uint8 image to a square and resize it to the model input ``[1, S, S]``:
-    a whole-factor box reduction first (see :data:`REDUCING_GAP`), then an antialiased
-    bilinear resize."""
+    a whole-factor box reduction first (:func:`~cxr.client.reduced.box_factor`), then an
+    antialiased bilinear resize."""
     if gray.ndim != 2:
         raise ImageDecodeError(
             "bad_shape", f"expected a 2-D grayscale image, got shape {gray.shape}"
@@ -474,7 +475,7 @@ def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
     side = square.shape[0]
     if side != size:
         image = Image.fromarray(np.ascontiguousarray(square))
-        factor = _box_factor(side, size)
+        factor = box_factor(side, size)
         if factor > 1:
             image = image.reduce(factor)
         square = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
@@ -483,17 +484,8 @@ def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
 
 def centre_square(image: np.ndarray) -> np.ndarray:
     """The centred square on the short side of a 2-D image (a view)."""
-    height, width = image.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
+    top, left, side = centre_box(*image.shape[:2])
     return image[top : top + side, left : left + side]
-
-
-def _box_factor(side: int, size: int) -> int:
-    """The largest whole reduction factor that divides ``side`` (no partial boxes at the edge,
-    which shift the result) and leaves at least :data:`REDUCING_GAP` times ``size``."""
-    limit = side // (size * REDUCING_GAP)
-    return next((factor for factor in range(limit, 1, -1) if side % factor == 0), 1)
 
 
 def load_model_input(data: bytes, size: int) -> np.ndarray:

@@ -42,6 +42,20 @@ def reduction_levels(width: int, height: int, target: int, most: int) -> int:
     return levels
 
 
+def centre_box(height: int, width: int) -> tuple[int, int, int]:
+    """Top, left and side of the centred square on the short side of a ``height x width``
+    image (what the model sees)."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def box_factor(side: int, target: int) -> int:
+    """The largest whole box-reduction factor that divides ``side`` (no partial boxes at the
+    edge, which shift the result) and leaves at least :data:`REDUCING_GAP` times ``target``."""
+    limit = side // (target * REDUCING_GAP)
+    return next((factor for factor in range(limit, 1, -1) if side % factor == 0), 1)
+
+
 def draft_jpeg(image: Image.Image, target: int) -> int:
     """Have Pillow decode an opened (not yet loaded) JPEG at the smallest DCT scale that keeps
     :data:`REDUCING_GAP` times ``target``; returns the halvings asked for (0: full size)."""

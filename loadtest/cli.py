@@ -18,6 +18,7 @@ from cxr.client.options import Url, fail
 from cxr.loadtest.memory import ProcessGoneError, RssReport, RssSampler
 from cxr.loadtest.runner import (
     REQUEST_NAMES,
+    Payload,
     RunResult,
     RunSettings,
     Slo,
@@ -46,7 +47,7 @@ Images = Annotated[
 ]
 Timeout = Annotated[float, typer.Option(help="Request deadline, seconds.", min=0.001)]
 PayloadOption = Annotated[
-    str,
+    Payload,
     typer.Option(
         help="decoded: model inputs to the classifier; encoded: the files to the ensemble "
         "(the server decodes them)."
@@ -142,11 +143,7 @@ def run_command(
     Statistics cover DURATION only: the spawn phase and WARMUP are discarded. With --server-pid it
     is also a soak test: the server's memory must not grow more than --max-rss-growth.
     """
-    from cxr.loadtest.payloads import PAYLOADS
-
     check_images(images)
-    if payload not in PAYLOADS:
-        raise fail(f"--payload must be one of {', '.join(PAYLOADS)}, not {payload!r}")
     settings = RunSettings(
         url=url,
         model=model,

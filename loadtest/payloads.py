@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image
@@ -23,12 +23,12 @@ from cxr.client.core import discover
 from cxr.client.imaging import ImageDecodeError, load_model_input
 from cxr.client.inputs import describe, server_payload
 from cxr.client.protocol import TriageError
+from cxr.loadtest.runner import Payload
 
 #: At most this many files of an ``--images`` folder are decoded (once per process).
 PAYLOAD_LIMIT = 256
 SYNTHETIC_PAYLOADS = 16
-#: What requests carry: model inputs decoded here, or encoded files the server decodes.
-PAYLOADS = ("decoded", "encoded")
+PAYLOADS: tuple[Payload, ...] = get_args(Payload)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -114,7 +114,7 @@ def prepare_target(
     model: str | None,
     images: Path | None,
     timeout: float = 10.0,
-    payload: str = "decoded",
+    payload: Payload = "decoded",
 ) -> Target:
     """Resolve the model and turn the payloads into reusable request inputs (decoded once);
     ``encoded``: the files, to the ensemble (``model``, default ``pneumonia``)."""

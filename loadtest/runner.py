@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 #: Names the locustfile reports under, in the order summaries list them.
@@ -20,6 +21,9 @@ REQUEST_NAMES = ("stat", "routine", "connect", "Aggregated")
 EXIT_GRACE = 60
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+#: What requests carry: model inputs decoded by the load generator, or the encoded files, which
+#: the server's ``preprocess`` decodes (:mod:`cxr.loadtest.payloads`).
+Payload = Literal["decoded", "encoded"]
 
 
 def parse_duration(text: str) -> float:
@@ -41,7 +45,7 @@ class RunSettings:
     duration: float = 60.0  # seconds measured, after spawning and warm-up
     stat_fraction: float = 0.1
     images: Path | None = None
-    payload: str = "decoded"  # or "encoded": files to the ensemble, decoded by the server
+    payload: Payload = "decoded"
     html: Path | None = None
     csv_prefix: Path | None = None
     timeout: float = 10.0

@@ -294,7 +294,9 @@ def test_triton_image_is_the_ngc_server_with_the_project_installed(compose: dict
         "ARG TRITON_TAG=<yy.mm> default"
     )
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_TAG\}-py3\s*$", text, re.M)
-    assert re.search(r"pip install /tmp/cxr-triage\b.*onnxruntime", text), "project + onnxruntime"
+    assert re.search(r'pip install "/tmp/cxr-triage\[fast\]".*onnxruntime', text), (
+        "project with its compiled decoder, + onnxruntime"
+    )
     assert "COPY docker/build_engines.sh /usr/local/bin/cxr-build-engines" in text
     build = compose["services"]["triton"]["build"]
     assert "TRITON_TAG" in build.get("args", {}), "compose passes TRITON_TAG to the build"

@@ -324,7 +324,7 @@ def test_cpu_runs_cxr_serve_with_options_it_has_in_the_image_built_here(
 ) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     dockerfile = (ROOT / "docker" / "Dockerfile.cpu").read_text(encoding="utf-8")
-    assert '"/tmp/cxr-triage[serve]"' in dockerfile and "USER triton" in dockerfile
+    assert '"/tmp/cxr-triage[serve,fast]"' in dockerfile and "USER triton" in dockerfile
     assert (ROOT / "docker" / "Dockerfile.cpu.dockerignore").is_file()
     for overlay in ("cpu", "loadtest"):
         server = container(rendered[overlay])

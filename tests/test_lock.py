@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = {"full": ROOT / "requirements" / "lock.txt", "client": ROOT / "requirements" / "client.txt"}
 #: Extras that the full lock covers (``tensorrt`` comes from NVIDIA's index, not locked here).
-LOCKED_EXTRAS = ("train", "convert", "serve", "loadtest", "gateway", "certs", "dev")
+LOCKED_EXTRAS = ("train", "convert", "serve", "loadtest", "gateway", "certs", "fast", "dev")
 #: Installed beside the locked packages: the project itself and the venv's own installer.
 NOT_LOCKED = {"cxr-triage", "pip"}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)

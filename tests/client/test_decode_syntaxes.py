@@ -35,6 +35,7 @@ CASES = {
     "jpeg-ls": (2100, 2000, 12, "MONOCHROME1"),
     "j2k": (2000, 2048, 16, "MONOCHROME2"),
     "htj2k": (2048, 2000, 12, "MONOCHROME2"),
+    "htj2k-rpcl": (2000, 2300, 16, "MONOCHROME1"),
     "jpeg-lossless-sv1": (2200, 2000, 12, "MONOCHROME1"),
     "jpeg-lossless": (2000, 2200, 16, "MONOCHROME2"),
     "jpeg-baseline": (2000, 2400, 12, "MONOCHROME2"),

@@ -29,3 +29,17 @@ def test_bench_decode_reports_both_paths_and_the_machine() -> None:
 def test_bench_decode_refuses_an_unknown_syntax() -> None:
     done = CliRunner().invoke(bench_app, ["decode", "--syntax", "jpeg-xl"])
     assert done.exit_code == 2 and "unknown syntax" in done.output
+
+
+def test_a_table_too_wide_for_the_terminal_turns_rather_than_cuts(monkeypatch, capsys) -> None:
+    from cxr.bench.cli import print_rows
+
+    rows = [{f"column {n}": f"{n}.{row}" for n in range(14)} for row in range(3)]
+    for columns, turned in (("80", True), ("400", False)):
+        monkeypatch.setenv("COLUMNS", columns)
+        print_rows("figures", rows)
+        lines = capsys.readouterr().out.splitlines()
+        assert all(len(line) <= int(columns) for line in lines)
+        cells = {cell.strip() for line in lines for cell in line.split("│") + line.split("┃")}
+        assert {key for row in rows for key in row} | {v for r in rows for v in r.values()} <= cells
+        assert any(line.lstrip("│ ").startswith("column 0") for line in lines) == turned
