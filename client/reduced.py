@@ -1,6 +1,8 @@
-"""JPEG frames decoded at a reduced scale when the model input is much smaller.
+"""How far a frame may be reduced before the model input's resize, and JPEG decoded that small.
 
 A 3000 px radiograph becomes a 224 px model input: decoding every pixel is mostly wasted work.
+The model sees the centred square (:func:`centre_box`); decoded frames are box-reduced by the
+largest whole factor that keeps :data:`REDUCING_GAP` times the target (:func:`box_factor`).
 JPEG baseline decodes at 1/2, 1/4 or 1/8 scale inside its inverse DCT (Pillow's draft mode), a
 block average done by the decoder. The reduction stops where the image keeps at least
 :data:`REDUCING_GAP` times the target side, as the box reduction of decoded frames does, so the
