@@ -147,23 +147,32 @@ def _present(
 def apply_lut(
     lut: np.ndarray, pixels: np.ndarray, *, square: bool = False, factor: int = 1
 ) -> np.ndarray:
-    """``lut[pixels]`` over the frame's unsigned codes, uint8 out; ``square``: only the centre
-    square (:func:`~cxr.client.reduced.centre_box`), box-reduced by ``factor`` (Pillow's
-    ``reduce``; a factor of its side). In one compiled pass where numba is installed
+    """``lut[pixels]`` over the frame's unsigned codes (``lut`` has an entry for every code of
+    the dtype), uint8 out; ``square``: only the centre square
+    (:func:`~cxr.client.reduced.centre_box`), box-reduced by ``factor`` (Pillow's ``reduce``;
+    the factor must divide the sides). In one compiled pass where numba is installed
     (:mod:`cxr.client.lut_kernel`), else a band of rows at a time, then Pillow."""
     codes = as_codes(pixels)
-    compiled = kernel() if codes.ndim == 2 else None
-    top, left = 0, 0
-    height, width = codes.shape[:2]
+    entries = 1 << (8 * codes.itemsize)
+    if len(lut) != entries:
+        raise ValueError(f"{codes.dtype} codes need a {entries:,}-entry table, not {len(lut):,}")
+    if codes.ndim != 2:
+        if square or factor != 1:
+            raise ValueError(f"a centre square or box reduction needs a 2-D frame: {codes.shape}")
+        return _take(lut, codes)
+    top, left, (height, width) = 0, 0, codes.shape
     if square:
         top, left, side = centre_box(height, width)
         height = width = side
+    if factor < 1 or height % factor or width % factor:
+        raise ValueError(f"box factor {factor} does not divide the {height} x {width} frame")
+    compiled = kernel()
     if compiled is not None:
         out = np.empty((height // factor, width // factor), dtype=np.uint8)
         multiplier = pillow_multiplier(factor * factor)
         compiled(readonly(lut), readonly(codes), top, left, factor, multiplier, out)
         return out
-    gray = _take(lut, codes[top : top + height, left : left + width] if square else codes)
+    gray = _take(lut, codes[top : top + height, left : left + width])
     return np.asarray(Image.fromarray(gray).reduce(factor)) if factor > 1 else gray
 
 

@@ -7,17 +7,25 @@ one pass over the stored integers that writes only the reduced frame: the same b
 integer rounding, reproduced and tested for every factor), 2-3x less time. Without numba,
 :func:`kernel` is None and :mod:`cxr.client.dicom_lut` takes the numpy and Pillow path.
 
-numba is imported on the first decode that needs it, not with the client; the compiled code is
-cached beside this module (or in numba's user cache where that is read-only).
+numba is imported on the first decode that needs it, not with the client, and compiles the pass
+for this CPU (~1.7 s), cached beside this module or in numba's user cache (then ~0.3 s to load).
+A numba that cannot import or compile here turns the pass off, with one warning in the log.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import threading
 from collections.abc import Callable
 from functools import cache
 
 import numpy as np
+
+from cxr.client.decode_errors import why
+
+log = logging.getLogger("client")
+_LOCK = threading.Lock()
 
 #: ``kernel(lut, codes, top, left, factor, multiplier, out)``: ``out`` (uint8) gets the box means
 #: of ``lut[codes]`` over the crop of ``codes`` at ``top, left`` that is ``factor`` times its size;
@@ -42,11 +50,33 @@ def pillow_multiplier(area: int) -> int:
     return int(np.float32(2.0**32) / np.float32(256 * area))
 
 
-@cache
 def kernel() -> Kernel | None:
-    """The compiled pass, or None when numba is not installed."""
+    """The compiled pass, or None where numba is not installed or cannot compile it here (said
+    once in the log: decoding goes on, slower, with the same output)."""
+    with _LOCK:  # threads decoding their first frames together compile it once
+        return _load()
+
+
+@cache
+def _load() -> Kernel | None:
     if importlib.util.find_spec("numba") is None:
         return None
+    try:
+        return _compile(cache=True)
+    except Exception as err:  # a numba that cannot import (numpy too new), no writable cache
+        first = err
+    try:
+        return _compile(cache=False)
+    except Exception as err:
+        log.warning(
+            "the compiled decode pass is off (numba: %s; %s): numpy and Pillow do its work",
+            why(first),
+            why(err),
+        )
+        return None
+
+
+def _compile(*, cache: bool) -> Kernel:
     import numba
     from numba import types
 
@@ -66,7 +96,7 @@ def kernel() -> Kernel | None:
         for name in CODE_TYPES
     ]
 
-    @numba.njit(signatures, cache=True, nogil=True)
+    @numba.njit(signatures, cache=cache, nogil=True)
     def lut_box(
         lut: np.ndarray,
         codes: np.ndarray,

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cxr.bench.decode_corpus import encode, radiograph_dataset, synthetic_pixels
-from cxr.client import dicom_lut
+from cxr.client import dicom_lut, lut_kernel
 from cxr.client.imaging import load_model_input
 from cxr.client.lut_kernel import kernel
 
@@ -31,8 +32,8 @@ def test_the_compiled_pass_is_in_use() -> None:
     assert kernel() is not None
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
-@pytest.mark.parametrize("shape", [(60, 84), (84, 60), (72, 72)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize("shape", [(60, 84), (84, 60), (72, 72), (77, 91)])  # factors 1-12
 def test_every_factor_gives_the_numpy_and_pillow_bytes(numpy_only, dtype, shape) -> None:
     rng = np.random.default_rng(len(shape) + shape[0] + np.dtype(dtype).itemsize)
     info = np.iinfo(dtype)
@@ -48,6 +49,33 @@ def test_every_factor_gives_the_numpy_and_pillow_bytes(numpy_only, dtype, shape)
     whole = dicom_lut.apply_lut(lut, pixels)
     assert np.array_equal(whole, numpy_only(dicom_lut.apply_lut, lut, pixels))
     assert np.array_equal(whole, lut[pixels.view(f"u{pixels.dtype.itemsize}")])
+
+
+def test_frames_the_pass_cannot_take_are_refused_clearly() -> None:
+    frame = np.zeros((60, 84), np.uint16)
+    with pytest.raises(ValueError, match="box factor 7 does not divide the 60 x 60 frame"):
+        dicom_lut.apply_lut(np.zeros(65_536, np.uint8), frame, square=True, factor=7)
+    with pytest.raises(ValueError, match="uint16 codes need a 65,536-entry table, not 4,096"):
+        dicom_lut.apply_lut(np.zeros(4_096, np.uint8), frame)
+    with pytest.raises(ValueError, match="needs a 2-D frame"):
+        dicom_lut.apply_lut(np.zeros(65_536, np.uint8), frame.ravel(), factor=2)
+
+
+def test_a_numba_that_cannot_compile_turns_the_pass_off(monkeypatch, caplog) -> None:
+    def broken(*, cache: bool) -> None:
+        raise ImportError("Numba needs NumPy 2.2 or less")  # what a too-new numpy gives
+
+    lut = np.arange(65_536).astype(np.uint8)
+    frame = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    with monkeypatch.context() as patch:
+        patch.setattr(lut_kernel, "_compile", broken)
+        lut_kernel._load.cache_clear()
+        assert lut_kernel.kernel() is None
+        reduced = dicom_lut.apply_lut(lut, frame, factor=2)
+    assert "the compiled decode pass is off (numba: Numba needs NumPy 2.2 or less" in caplog.text
+    assert np.array_equal(reduced, np.asarray(Image.fromarray(lut[frame]).reduce(2)))
+    lut_kernel._load.cache_clear()
+    assert lut_kernel.kernel() is not None
 
 
 def test_a_box_mean_rounds_as_pillow_does(numpy_only) -> None:
