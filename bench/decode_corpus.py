@@ -131,11 +131,9 @@ def can_encode(syntax: str) -> str | None:
 
 def _jpeg_baseline(ds: Dataset) -> Dataset:
     from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
-    pixels = np.frombuffer(ds.PixelData, np.uint16 if ds.BitsAllocated == 16 else np.uint8)
-    pixels = pixels.reshape(ds.Rows, ds.Columns)
+    pixels = _stored_frame(ds)
     if ds.BitsStored > 8:  # baseline JPEG is 8-bit: keep the top bits, as a modality would
         pixels = (pixels >> (ds.BitsStored - 8)).astype(np.uint8)
         ds.WindowCenter, ds.WindowWidth = int(pixels.mean()), 200
@@ -143,22 +141,30 @@ def _jpeg_baseline(ds: Dataset) -> Dataset:
     Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit = 7
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    return ds
+    return _encapsulated(ds, buffer.getvalue(), JPEGBaseline8Bit)
 
 
 def _htj2k_lossless(ds: Dataset, uid: UID) -> Dataset:
     """A real Part 15 (high-throughput) codestream from OpenJPH: reversible, RPCL progression
     (its default), with tile-part length (TLM) markers for the RPCL syntax."""
     from imagecodecs import htj2k_encode
-    from pydicom.encaps import encapsulate
     from pydicom.uid import HTJ2KLosslessRPCL
 
+    tlm = uid == HTJ2KLosslessRPCL
+    return _encapsulated(ds, htj2k_encode(_stored_frame(ds), reversible=True, tlm=tlm), uid)
+
+
+def _stored_frame(ds: Dataset) -> np.ndarray:
+    """The native frame of ``ds`` (as :func:`radiograph_dataset` writes it) as an array."""
     pixels = np.frombuffer(ds.PixelData, np.uint16 if ds.BitsAllocated == 16 else np.uint8)
-    frame = pixels.reshape(ds.Rows, ds.Columns)
-    ds.PixelData = encapsulate([htj2k_encode(frame, reversible=True, tlm=uid == HTJ2KLosslessRPCL)])
+    return pixels.reshape(ds.Rows, ds.Columns)
+
+
+def _encapsulated(ds: Dataset, frame: bytes, uid: UID) -> Dataset:
+    """``ds`` with ``frame`` (one compressed frame) as its encapsulated Pixel Data in ``uid``."""
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = uid
     return ds
