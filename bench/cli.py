@@ -252,8 +252,8 @@ def decode_command(
 ) -> None:
     """ms/image and decoded MP/s (one core) of ``load_model_input`` and of the reference
     (pydicom pixel_array + modality/VOI LUT + Pillow resize) on generated 2000-3000 px DICOMs,
-    with the speed-up, how far each is from just reading the file, and the fast path's resize
-    alone (ceiling: the speed-up if decoding cost nothing)."""
+    with the speed-up, how far each is from just reading the file, and the fast path on the same
+    pixels uncompressed (ceiling: the speed-up if the codec cost nothing)."""
     from cxr.bench.decode import bench_decode, machine
     from cxr.bench.decode_corpus import SYNTAXES, can_encode
 

@@ -44,7 +44,8 @@ SYNTAXES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Radiograph:
-    """One generated image: its pixels, how they are stored, and its encoded file."""
+    """One generated image: its pixels, how they are stored, and its encoded file (and the same
+    pixels uncompressed, what a codec costing nothing would leave)."""
 
     name: str
     syntax: str
@@ -53,6 +54,7 @@ class Radiograph:
     bits: int
     photometric: str
     data: bytes
+    uncompressed: bytes
 
 
 def synthetic_pixels(rows: int, columns: int, bits: int, seed: int) -> np.ndarray:
@@ -205,9 +207,13 @@ def corpus(syntaxes: list[str], count: int, *, seed: int = 0) -> list[Radiograph
             bits = 12 if index % 2 == 0 else 16
             photometric = "MONOCHROME2" if index % 4 < 2 else "MONOCHROME1"
             pixels = synthetic_pixels(rows, columns, bits, seed=int(rng.integers(1 << 31)))
-            data = encode(radiograph_dataset(pixels, bits, photometric), syntax)
+            dataset = radiograph_dataset(pixels, bits, photometric)
+            plain = encode(dataset, "explicit")
+            data = plain if syntax == "explicit" else encode(dataset, syntax)
             images.append(
-                Radiograph(f"{syntax}-{index}", syntax, rows, columns, bits, photometric, data)
+                Radiograph(
+                    f"{syntax}-{index}", syntax, rows, columns, bits, photometric, data, plain
+                )
             )
     return images
 

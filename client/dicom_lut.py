@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
-from cxr.client.lut_kernel import kernel, pillow_multiplier, readonly
-from cxr.client.reduced import centre_box
+from cxr.client.lut_kernel import bilinear_weights, kernels, pillow_multiplier, readonly
+from cxr.client.reduced import box_factor, centre_box, resize_square
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -144,36 +144,38 @@ def _present(
     return np.bincount(as_codes(pixels).ravel(), minlength=len(stored)) > 0
 
 
-def apply_lut(
-    lut: np.ndarray, pixels: np.ndarray, *, square: bool = False, factor: int = 1
-) -> np.ndarray:
+def apply_lut(lut: np.ndarray, pixels: np.ndarray, *, size: int | None = None) -> np.ndarray:
     """``lut[pixels]`` over the frame's unsigned codes (``lut`` has an entry for every code of
-    the dtype), uint8 out; ``square``: only the centre square
-    (:func:`~cxr.client.reduced.centre_box`), box-reduced by ``factor`` (Pillow's ``reduce``;
-    the factor must divide the sides). In one compiled pass where numba is installed
-    (:mod:`cxr.client.lut_kernel`), else a band of rows at a time, then Pillow."""
+    the dtype), uint8 out; ``size``: the ``size x size`` model input made from it instead
+    (:func:`~cxr.client.reduced.resize_square` of the centre square). In compiled passes where
+    numba is installed (:mod:`cxr.client.lut_kernel`), else numpy a band of rows at a time, then
+    Pillow: the same bytes."""
     codes = as_codes(pixels)
     entries = 1 << (8 * codes.itemsize)
     if len(lut) != entries:
         raise ValueError(f"{codes.dtype} codes need a {entries:,}-entry table, not {len(lut):,}")
     if codes.ndim != 2:
-        if square or factor != 1:
-            raise ValueError(f"a centre square or box reduction needs a 2-D frame: {codes.shape}")
+        if size is not None:
+            raise ValueError(f"a model input needs a 2-D frame, not {codes.shape}")
         return _take(lut, codes)
-    top, left, (height, width) = 0, 0, codes.shape
-    if square:
-        top, left, side = centre_box(height, width)
-        height = width = side
-    if factor < 1 or height % factor or width % factor:
-        raise ValueError(f"box factor {factor} does not divide the {height} x {width} frame")
-    compiled = kernel()
-    if compiled is not None:
-        out = np.empty((height // factor, width // factor), dtype=np.uint8)
-        multiplier = pillow_multiplier(factor * factor)
-        compiled(readonly(lut), readonly(codes), top, left, factor, multiplier, out)
+    compiled = kernels()
+    if size is None:
+        if compiled is None:
+            return _take(lut, codes)
+        out = np.empty(codes.shape, dtype=np.uint8)
+        compiled.lookup(readonly(lut), readonly(codes), out)
         return out
-    gray = _take(lut, codes[top : top + height, left : left + width])
-    return np.asarray(Image.fromarray(gray).reduce(factor)) if factor > 1 else gray
+    top, left, side = centre_box(*codes.shape)
+    if compiled is None:
+        return resize_square(_take(lut, codes[top : top + side, left : left + side]), size)
+    factor = box_factor(side, size)
+    out = np.empty((size, size), dtype=np.uint8)
+    bounds, weights = bilinear_weights(side // factor, size)
+    multiplier = pillow_multiplier(factor * factor)
+    compiled.model_input(
+        readonly(lut), readonly(codes), top, left, factor, multiplier, bounds, weights, out
+    )
+    return out
 
 
 def _take(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -57,7 +57,7 @@ from cxr.client.dicom_lut import (
     stretch,
 )
 from cxr.client.dicom_read import pixel_data, read_bounded
-from cxr.client.reduced import box_factor, centre_box, draft_jpeg, reduced_dicom_frame
+from cxr.client.reduced import centre_box, draft_jpeg, reduced_dicom_frame, resize_square
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -91,12 +91,12 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, square: bool = False, target: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, *, target: int | None = None) -> np.ndarray:
     """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
-    ``square``: greyscale DICOM may return only the centre square that
-    :func:`to_model_input` keeps (the display scaling still uses the whole frame); ``target``:
-    the model input side the image is for, so a greyscale DICOM square comes back box-reduced
-    and JPEG may be decoded at a reduced scale (:mod:`client.reduced`)."""
+    ``target``: the model input side the image is for, so a greyscale DICOM comes back as the
+    ``target x target`` model input already (the centre square, resized in its lookup pass;
+    the display scaling still uses the whole frame) and JPEG may be decoded at a reduced scale
+    (:mod:`client.reduced`). :func:`to_model_input` of either gives the same model input."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(
@@ -106,7 +106,7 @@ def decode_image(data: bytes, *, square: bool = False, target: int | None = None
     check_file_size(len(data))
     kind = image_kind(data)
     if kind == "dicom":
-        return dicom_to_gray(read_dicom(data), square=square, target=target)
+        return dicom_to_gray(read_dicom(data), target=target)
     return _decode_raster(data, kind, target)
 
 
@@ -261,9 +261,9 @@ def _check_decodable(ds: Dataset) -> None:
         )
 
 
-def dicom_to_gray(ds: Dataset, *, square: bool = False, target: int | None = None) -> np.ndarray:
-    """Render a pydicom dataset's single frame as a 2-D uint8 display image (``square`` and
-    ``target``: see :func:`decode_image`)."""
+def dicom_to_gray(ds: Dataset, *, target: int | None = None) -> np.ndarray:
+    """Render a pydicom dataset's single frame as a 2-D uint8 display image (``target``: see
+    :func:`decode_image`)."""
     errors = dicom_errors()
     if "PixelData" not in ds:
         raise ImageDecodeError("no_pixel_data", "DICOM file has no pixel data (PixelData absent)")
@@ -349,8 +349,7 @@ def dicom_to_gray(ds: Dataset, *, square: bool = False, target: int | None = Non
         invert=invert,
         lut_sequences="ModalityLUTSequence" in ds or "VOILUTSequence" in ds,
     )
-    factor = box_factor(min(pixels.shape), target) if square and target else 1
-    return apply_lut(lut, pixels, square=square, factor=factor)
+    return apply_lut(lut, pixels, size=target)
 
 
 def _shown_as_stored(ds: Dataset, photometric: str, samples: int, bits_stored: int) -> bool:
@@ -464,21 +463,14 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def to_model_input(gray: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop a 2-D uint8 image to a square and resize it to the model input ``[1, S, S]``:
-    a whole-factor box reduction first (:func:`~cxr.client.reduced.box_factor`), then an
-    antialiased bilinear resize."""
+    """Centre-crop a 2-D uint8 image to a square and resize it to the model input ``[1, S, S]``
+    (:func:`~cxr.client.reduced.resize_square`: a whole-factor box reduction, then an
+    antialiased bilinear resize)."""
     if gray.ndim != 2:
         raise ImageDecodeError(
             "bad_shape", f"expected a 2-D grayscale image, got shape {gray.shape}"
         )
-    square = centre_square(gray)
-    side = square.shape[0]
-    if side != size:
-        image = Image.fromarray(np.ascontiguousarray(square))
-        factor = box_factor(side, size)
-        if factor > 1:
-            image = image.reduce(factor)
-        square = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    square = resize_square(centre_square(gray), size)
     return np.ascontiguousarray(square, dtype=IMAGE_DTYPE)[None, :, :]
 
 
@@ -490,7 +482,7 @@ def centre_square(image: np.ndarray) -> np.ndarray:
 
 def load_model_input(data: bytes, size: int) -> np.ndarray:
     """Decode encoded bytes and resize: the whole client/server preprocessing in one call."""
-    return to_model_input(decode_image(data, square=True, target=size), size)
+    return to_model_input(decode_image(data, target=size), size)
 
 
 def is_dataset(value: object) -> bool:

@@ -58,6 +58,19 @@ def box_factor(side: int, target: int) -> int:
     return next((factor for factor in range(limit, 1, -1) if side % factor == 0), 1)
 
 
+def resize_square(square: np.ndarray, size: int) -> np.ndarray:
+    """A 2-D uint8 square as the ``size x size`` model input: box-reduced by :func:`box_factor`,
+    then Pillow's antialiased bilinear resize (what the compiled pass of
+    :mod:`cxr.client.lut_kernel` gives too, byte for byte)."""
+    if square.shape[0] == size:
+        return square
+    image = Image.fromarray(np.ascontiguousarray(square))
+    factor = box_factor(square.shape[0], size)
+    if factor > 1:
+        image = image.reduce(factor)
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
 def draft_jpeg(image: Image.Image, target: int) -> int:
     """Have Pillow decode an opened (not yet loaded) JPEG at the smallest DCT scale that keeps
     :data:`REDUCING_GAP` times ``target``; returns the halvings asked for (0: full size)."""
