@@ -9,6 +9,7 @@ MONOCHROME2.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import shutil
@@ -44,8 +45,8 @@ SYNTAXES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Radiograph:
-    """One generated image: its pixels, how they are stored, and its encoded file (and the same
-    pixels uncompressed, what a codec costing nothing would leave)."""
+    """One generated image: its pixels, how they are stored, its encoded file and that file's
+    pixels stored uncompressed (:func:`uncompressed`)."""
 
     name: str
     syntax: str
@@ -104,8 +105,7 @@ def encode(ds: Dataset, syntax: str) -> bytes:
     from pydicom.uid import UID
 
     uid, how = SYNTAXES[syntax]
-    ds = ds.copy()
-    ds.file_meta = ds.file_meta.copy()
+    ds = copy.deepcopy(ds)  # a shallow copy shares the elements, Transfer Syntax UID included
     if how == "native":
         ds.file_meta.TransferSyntaxUID = UID(uid)
     elif how == "pydicom":
@@ -116,6 +116,25 @@ def encode(ds: Dataset, syntax: str) -> bytes:
         ds = _jpeg_baseline(ds)
     elif how == "dcmtk":
         return _dcmtk_jpeg(ds, "+e1" if uid.endswith(".70") else "+el")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def uncompressed(data: bytes) -> bytes:
+    """The pixels of an encoded file, decoded and written explicit VR little endian: what a codec
+    that cost nothing would leave (for lossy JPEG, its decoded pixels, not the original frame)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from cxr.client.imaging import prefer_fast_codecs
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        prefer_fast_codecs(ds)
+        ds.decompress(generate_instance_uid=False)
+    else:  # deflated or implicit VR: read as plain values already
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -207,14 +226,10 @@ def corpus(syntaxes: list[str], count: int, *, seed: int = 0) -> list[Radiograph
             bits = 12 if index % 2 == 0 else 16
             photometric = "MONOCHROME2" if index % 4 < 2 else "MONOCHROME1"
             pixels = synthetic_pixels(rows, columns, bits, seed=int(rng.integers(1 << 31)))
-            dataset = radiograph_dataset(pixels, bits, photometric)
-            plain = encode(dataset, "explicit")
-            data = plain if syntax == "explicit" else encode(dataset, syntax)
-            images.append(
-                Radiograph(
-                    f"{syntax}-{index}", syntax, rows, columns, bits, photometric, data, plain
-                )
-            )
+            data = encode(radiograph_dataset(pixels, bits, photometric), syntax)
+            name = f"{syntax}-{index}"
+            plain = data if syntax == "explicit" else uncompressed(data)
+            images.append(Radiograph(name, syntax, rows, columns, bits, photometric, data, plain))
     return images
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
-from cxr.client.lut_kernel import bilinear_weights, kernels, pillow_multiplier, readonly
+from cxr.client.lut_kernel import kernels, readonly
 from cxr.client.reduced import box_factor, centre_box, resize_square
 
 if TYPE_CHECKING:
@@ -168,14 +168,7 @@ def apply_lut(lut: np.ndarray, pixels: np.ndarray, *, size: int | None = None) -
     top, left, side = centre_box(*codes.shape)
     if compiled is None:
         return resize_square(_take(lut, codes[top : top + side, left : left + side]), size)
-    factor = box_factor(side, size)
-    out = np.empty((size, size), dtype=np.uint8)
-    bounds, weights = bilinear_weights(side // factor, size)
-    multiplier = pillow_multiplier(factor * factor)
-    compiled.model_input(
-        readonly(lut), readonly(codes), top, left, factor, multiplier, bounds, weights, out
-    )
-    return out
+    return compiled.model_input(lut, codes, top, left, side, box_factor(side, size), size)
 
 
 def _take(lut: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -30,8 +30,9 @@ Choices, in one place:
   float copy of the frame.
 - Model input: centre-crop to a square on the short side, a whole-factor box reduction that keeps
   it at least ``REDUCING_GAP`` times the target, then an antialiased bilinear resize. Greyscale
-  DICOM decoded for a target is box-reduced in the lookup table's pass; JPEG whose values are
-  shown as stored is decoded at the DCT scale that keeps the same gap (:mod:`client.reduced`).
+  DICOM that goes through a lookup table is cropped, reduced and resized in the table's pass
+  (compiled where numba is installed: :mod:`client.lut_kernel`); JPEG whose values are shown as
+  stored is decoded at the DCT scale that keeps the same gap (:mod:`client.reduced`).
 """
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes, *, target: int | None = None) -> np.ndarray:
     """Decode PNG, JPEG or DICOM bytes into a 2-D uint8 grayscale array (bright = dense);
-    ``target``: the model input side the image is for, so a greyscale DICOM comes back as the
-    ``target x target`` model input already (the centre square, resized in its lookup pass;
-    the display scaling still uses the whole frame) and JPEG may be decoded at a reduced scale
-    (:mod:`client.reduced`). :func:`to_model_input` of either gives the same model input."""
+    ``target``: the model input side the image is for. The image may then come back reduced
+    toward it, never below it: JPEG decoded at a reduced scale (:mod:`client.reduced`), and
+    greyscale DICOM that goes through a lookup table (all but 8-bit values shown as stored and
+    float data) as the ``target x target`` model input itself, its display scaling still taken
+    over the whole frame. :func:`to_model_input` of the result gives the same bytes as of the
+    full decode."""
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise ImageDecodeError(

@@ -39,21 +39,64 @@ _LOCK = threading.Lock()
 CODE_TYPES = ("uint8", "uint16")
 #: Pillow's fixed-point fraction bits for 8-bit resampling (``PRECISION_BITS`` in Resample.c).
 PRECISION = 22
+#: Pillow's ``reduce`` divides a box sum by multiplying with :func:`pillow_multiplier`, then
+#: shifting right this many bits.
+BOX_SHIFT = 24
 #: Reduced rows per column-major block: the resize across them is vectorised over this many rows
 #: (16 or 32 were too few for the compiler; 64 keeps a 2,048 px block in 128 KB).
 BLOCK_ROWS = 64
 
 
 class Kernels(NamedTuple):
-    """The compiled passes; arrays read-only and C-contiguous (:func:`readonly`), ``out`` uint8."""
+    """The compiled passes (arrays read-only and C-contiguous, :func:`readonly`; ``out`` uint8)
+    and :meth:`model_input`, which checks what the compiled code does not."""
 
     #: ``lookup(lut, codes, out)``: ``out = lut[codes]`` over a 2-D frame.
     lookup: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
-    #: ``model_input(lut, codes, top, left, factor, multiplier, bounds, weights, out)``: ``out``
-    #: (``size x size``) is Pillow's bilinear resize of the ``factor`` box means of ``lut[codes]``
-    #: over the square at ``top, left`` whose reduced side the weights were made for
-    #: (:func:`bilinear_weights`); ``multiplier``: :func:`pillow_multiplier` of the box area.
-    model_input: Callable[..., None]
+    #: ``resize(lut, codes, top, left, factor, multiplier, side, bounds, weights, out)``: see
+    #: :meth:`model_input`; ``side`` is the reduced side, ``bounds`` and ``weights`` its
+    #: :func:`bilinear_weights`, ``multiplier`` the box area's :func:`pillow_multiplier`.
+    resize: Callable[..., None]
+
+    def model_input(
+        self,
+        lut: np.ndarray,
+        codes: np.ndarray,
+        top: int,
+        left: int,
+        side: int,
+        factor: int,
+        size: int,
+    ) -> np.ndarray:
+        """Pillow's bilinear resize to ``size x size`` of the ``factor x factor`` box means of
+        ``lut[codes]`` over the ``side`` square at ``top, left`` (checked to lie in the frame,
+        the factor to divide it and ``lut`` to cover every code: numba checks no index)."""
+        height, width = codes.shape
+        if len(lut) < 1 << (8 * codes.itemsize):
+            raise ValueError(f"{codes.dtype} codes need a table for each, not {len(lut):,}")
+        inside = min(top, left) >= 0 and top + side <= height and left + side <= width
+        if not inside or side < 1 or size < 1 or factor < 1 or side % factor:
+            raise ValueError(
+                f"no {size} px model input from a {side} px square at ({top}, {left}) of a "
+                f"{height} x {width} frame, box factor {factor}"
+            )
+        reduced = side // factor
+        bounds, weights = bilinear_weights(reduced, size)
+        out = np.empty((size, size), dtype=np.uint8)
+        multiplier = pillow_multiplier(factor * factor)
+        self.resize(
+            readonly(lut),
+            readonly(codes),
+            top,
+            left,
+            factor,
+            multiplier,
+            reduced,
+            bounds,
+            weights,
+            out,
+        )
+        return out
 
 
 def readonly(array: np.ndarray) -> np.ndarray:
@@ -65,8 +108,8 @@ def readonly(array: np.ndarray) -> np.ndarray:
 
 def pillow_multiplier(area: int) -> int:
     """The fixed-point reciprocal of ``area`` that Pillow's ``reduce`` divides box sums with:
-    ``(sum + area // 2) * multiplier >> 24``, the multiplier computed in float32 and truncated
-    (so it is not always the rounded mean: 2,800 / 25 gives 111)."""
+    ``(sum + area // 2) * multiplier >> BOX_SHIFT``, the multiplier computed in float32 and
+    truncated (so it is not always the rounded mean: 2,800 / 25 gives 111)."""
     return int(np.float32(2.0**32) / np.float32(256 * area))
 
 
@@ -151,6 +194,7 @@ def _compile(*, cache: bool) -> Kernels:
                 integer,
                 integer,
                 integer,
+                integer,
                 frame("int64"),
                 frame("int32"),
                 out,
@@ -160,24 +204,24 @@ def _compile(*, cache: bool) -> Kernels:
         cache=cache,
         nogil=True,
     )
-    def model_input(
+    def resize(
         lut: np.ndarray,
         codes: np.ndarray,
         top: int,
         left: int,
         factor: int,
         multiplier: int,
+        side: int,
         bounds: np.ndarray,
         weights: np.ndarray,
         out: np.ndarray,
     ) -> None:  # pragma: no cover - compiled
         size = out.shape[0]
-        side = bounds[size - 1, 0] + bounds[size - 1, 1]  # the last window ends at the edge
         block = np.empty((side, rows), np.uint8)  # column j of reduced rows first..first+63
         across = np.empty((side, size), np.uint8)  # every reduced row, resized across
         sums = np.empty((4, side), np.uint32)
         acc = np.empty(max(rows, size), np.int32)
-        amend = factor * factor // 2
+        rounding = factor * factor // 2
         for first in range(0, side, rows):
             count = min(rows, side - first)
             for r in range(0, count, 4):  # four rows a time: one 4-byte store per column
@@ -204,7 +248,7 @@ def _compile(*, cache: bool) -> Kernels:
                     continue
                 group = min(4, count - r)
                 for q in range(group):
-                    sums[q] = amend
+                    sums[q] = rounding
                     for di in range(factor):
                         line = codes[y + q * factor + di, left:]
                         for j in range(side):
@@ -214,9 +258,11 @@ def _compile(*, cache: bool) -> Kernels:
                             sums[q, j] += total
                 for j in range(side):
                     for q in range(group):
-                        block[j, r + q] = (np.uint64(sums[q, j]) * multiplier) >> 24
-            for x in range(size):  # resize across, all 64 rows of the block at once
-                start, taps = bounds[x, 0], bounds[x, 1]
+                        block[j, r + q] = (np.uint64(sums[q, j]) * multiplier) >> BOX_SHIFT
+            # Resize across, all 64 rows of the block at once (in the last block, rows past
+            # ``count`` hold stale values: computed, never stored, so the loop stays vectorised).
+            for x in range(size):
+                start, taps = bounds[x, 0], bounds[x, 1]  # first input pixel, how many
                 for r in range(rows):
                     acc[r] = half
                 for t in range(taps):
@@ -236,4 +282,4 @@ def _compile(*, cache: bool) -> Kernels:
             for x in range(size):
                 out[y, x] = min(max(acc[x] >> PRECISION, 0), 255)
 
-    return Kernels(lookup, model_input)
+    return Kernels(lookup, resize)

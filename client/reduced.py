@@ -62,6 +62,8 @@ def resize_square(square: np.ndarray, size: int) -> np.ndarray:
     """A 2-D uint8 square as the ``size x size`` model input: box-reduced by :func:`box_factor`,
     then Pillow's antialiased bilinear resize (what the compiled pass of
     :mod:`cxr.client.lut_kernel` gives too, byte for byte)."""
+    if size < 1:
+        raise ValueError(f"a model input is at least 1 px, not {size}")
     if square.shape[0] == size:
         return square
     image = Image.fromarray(np.ascontiguousarray(square))

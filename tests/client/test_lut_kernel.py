@@ -12,7 +12,7 @@ from PIL import Image
 from cxr.bench.decode_corpus import encode, radiograph_dataset, synthetic_pixels
 from cxr.client import dicom_lut, lut_kernel
 from cxr.client.imaging import load_model_input
-from cxr.client.lut_kernel import bilinear_weights, kernels, pillow_multiplier, readonly
+from cxr.client.lut_kernel import bilinear_weights, kernels
 
 pytest.importorskip("numba", reason="the fast extra (numba) is not installed")
 
@@ -32,13 +32,7 @@ def numpy_only(monkeypatch: pytest.MonkeyPatch):
 
 def compiled_model_input(lut: np.ndarray, square: np.ndarray, factor: int, size: int):
     """The compiled pass over a whole square frame with a given box factor."""
-    out = np.empty((size, size), np.uint8)
-    bounds, weights = bilinear_weights(square.shape[0] // factor, size)
-    multiplier = pillow_multiplier(factor * factor)
-    kernels().model_input(
-        readonly(lut), readonly(square), 0, 0, factor, multiplier, bounds, weights, out
-    )
-    return out
+    return kernels().model_input(lut, square, 0, 0, square.shape[0], factor, size)
 
 
 def test_the_compiled_passes_are_in_use() -> None:
@@ -91,6 +85,14 @@ def test_bilinear_weights_are_pillows_fixed_point() -> None:
 
 def test_frames_the_pass_cannot_take_are_refused_clearly() -> None:
     frame = np.zeros((60, 84), np.uint16)
+    table = np.zeros(65_536, np.uint8)
+    for top, left, side, factor, size in [(1, 0, 60, 1, 8), (0, 25, 60, 1, 8), (0, 0, 60, 7, 8)]:
+        with pytest.raises(ValueError, match=f"from a {side} px square at .{top}, {left}. of a"):
+            kernels().model_input(table, frame, top, left, side, factor, size)
+    with pytest.raises(ValueError, match="no 0 px model input"):
+        kernels().model_input(table, frame, 0, 0, 60, 1, 0)
+    with pytest.raises(ValueError, match="uint16 codes need a table for each, not 4,096"):
+        kernels().model_input(table[:4096], frame, 0, 0, 60, 1, 8)
     with pytest.raises(ValueError, match="uint16 codes need a 65,536-entry table, not 4,096"):
         dicom_lut.apply_lut(np.zeros(4_096, np.uint8), frame)
     with pytest.raises(ValueError, match="a model input needs a 2-D frame"):
@@ -131,7 +133,7 @@ def test_a_box_mean_rounds_as_pillow_does() -> None:
     [
         (3000, 2500, 12, "MONOCHROME2", 224),  # box factor 2
         (2336, 2836, 16, "MONOCHROME1", 224),  # landscape crop, factor 2
-        (2500, 2048, 12, "MONOCHROME1", 224),  # no whole factor: lookup only
+        (2500, 2048, 12, "MONOCHROME1", 224),  # no whole box factor
         (2688, 2688, 16, "MONOCHROME2", 64),  # factor 8
     ],
 )
