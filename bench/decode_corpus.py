@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from pydicom.uid import UID
 
+#: OpenJPH's quantisation step for lossy HTJ2K (a fraction of the sample range).
+HTJ2K_LOSSY_STEP = 0.001
 #: Syntax name -> (transfer syntax UID, how it is encoded). ``dcmtk`` syntaxes need its Debian
 #: command-line tools (``apt-get install dcmtk``), HTJ2K the ``imagecodecs`` package (OpenJPH's
 #: encoder, in the ``dev`` extra); the others use pydicom's encoders or Pillow.
@@ -37,6 +39,7 @@ SYNTAXES: dict[str, tuple[str, str]] = {
     "j2k": ("1.2.840.10008.1.2.4.90", "pydicom"),
     "htj2k": ("1.2.840.10008.1.2.4.201", "openjph"),
     "htj2k-rpcl": ("1.2.840.10008.1.2.4.202", "openjph"),
+    "htj2k-lossy": ("1.2.840.10008.1.2.4.203", "openjph"),
     "jpeg-lossless-sv1": ("1.2.840.10008.1.2.4.70", "dcmtk"),
     "jpeg-lossless": ("1.2.840.10008.1.2.4.57", "dcmtk"),
     "jpeg-baseline": ("1.2.840.10008.1.2.4.50", "pillow"),
@@ -111,7 +114,7 @@ def encode(ds: Dataset, syntax: str) -> bytes:
     elif how == "pydicom":
         ds.compress(UID(uid))
     elif how == "openjph":
-        ds = _htj2k_lossless(ds, UID(uid))
+        ds = _htj2k(ds, UID(uid))
     elif how == "pillow":
         ds = _jpeg_baseline(ds)
     elif how == "dcmtk":
@@ -165,14 +168,23 @@ def _jpeg_baseline(ds: Dataset) -> Dataset:
     return _encapsulated(ds, buffer.getvalue(), JPEGBaseline8Bit)
 
 
-def _htj2k_lossless(ds: Dataset, uid: UID) -> Dataset:
-    """A real Part 15 (high-throughput) codestream from OpenJPH: reversible, RPCL progression
-    (its default), with tile-part length (TLM) markers for the RPCL syntax."""
+def _htj2k(ds: Dataset, uid: UID) -> Dataset:
+    """A real Part 15 (high-throughput) codestream from OpenJPH, RPCL progression (its default):
+    reversible for the lossless syntaxes, with tile-part length (TLM) markers for the RPCL one;
+    for HTJ2K (``.203``) the irreversible wavelet with a quantisation step of
+    :data:`HTJ2K_LOSSY_STEP` (~25:1 on 12-bit frames, up to ~130 stored levels off)."""
     from imagecodecs import htj2k_encode
-    from pydicom.uid import HTJ2KLosslessRPCL
+    from pydicom.uid import HTJ2K, HTJ2KLosslessRPCL
 
-    tlm = uid == HTJ2KLosslessRPCL
-    return _encapsulated(ds, htj2k_encode(_stored_frame(ds), reversible=True, tlm=tlm), uid)
+    frame = _stored_frame(ds)
+    if uid != HTJ2K:
+        codestream = htj2k_encode(frame, reversible=True, tlm=uid == HTJ2KLosslessRPCL)
+        return _encapsulated(ds, codestream, uid)
+    codestream = htj2k_encode(frame, HTJ2K_LOSSY_STEP, reversible=False)
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = f"{frame.nbytes / len(codestream):.1f}"
+    ds.LossyImageCompressionMethod = "ISO_15444_15"
+    return _encapsulated(ds, codestream, uid)
 
 
 def _stored_frame(ds: Dataset) -> np.ndarray:

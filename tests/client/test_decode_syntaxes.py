@@ -36,6 +36,7 @@ CASES = {
     "j2k": (2000, 2048, 16, "MONOCHROME2"),
     "htj2k": (2048, 2000, 12, "MONOCHROME2"),
     "htj2k-rpcl": (2000, 2300, 16, "MONOCHROME1"),
+    "htj2k-lossy": (2300, 2048, 12, "MONOCHROME1"),
     "jpeg-lossless-sv1": (2200, 2000, 12, "MONOCHROME1"),
     "jpeg-lossless": (2000, 2200, 16, "MONOCHROME2"),
     "jpeg-baseline": (2000, 2400, 12, "MONOCHROME2"),
