@@ -173,6 +173,25 @@ def _compile(*, cache: bool) -> Kernels:
     integer, out = types.int64, types.Array(types.uint8, 2, "C")
     half, rows = np.int32(1 << (PRECISION - 1)), BLOCK_ROWS
 
+    @numba.njit(inline="always")
+    def weigh(
+        lines: np.ndarray,
+        start: int,
+        taps: int,
+        weights: np.ndarray,
+        acc: np.ndarray,
+        width: int,
+    ) -> None:  # pragma: no cover - compiled
+        """One output line of Pillow's resize along ``lines``, before its shift and clip:
+        ``acc[:width]`` gets half a fixed-point unit plus the ``taps`` lines from ``start``,
+        each times its weight (an output pixel's row of :func:`bilinear_weights`)."""
+        for i in range(width):
+            acc[i] = half
+        for t in range(taps):
+            weight, line = weights[t], lines[start + t]
+            for i in range(width):
+                acc[i] += line[i] * weight
+
     @numba.njit(
         [types.void(frame("uint8", 1), frame(name), out) for name in CODE_TYPES],
         cache=cache,
@@ -262,23 +281,11 @@ def _compile(*, cache: bool) -> Kernels:
             # Resize across, all 64 rows of the block at once (in the last block, rows past
             # ``count`` hold stale values: computed, never stored, so the loop stays vectorised).
             for x in range(size):
-                start, taps = bounds[x, 0], bounds[x, 1]  # first input pixel, how many
-                for r in range(rows):
-                    acc[r] = half
-                for t in range(taps):
-                    weight, column = weights[x, t], block[start + t]
-                    for r in range(rows):
-                        acc[r] += column[r] * weight
+                weigh(block, bounds[x, 0], bounds[x, 1], weights[x], acc, rows)
                 for r in range(count):
                     across[first + r, x] = min(max(acc[r] >> PRECISION, 0), 255)
         for y in range(size):  # resize down, along the narrow rows
-            start, taps = bounds[y, 0], bounds[y, 1]
-            for x in range(size):
-                acc[x] = half
-            for t in range(taps):
-                weight, line = weights[y, t], across[start + t]
-                for x in range(size):
-                    acc[x] += line[x] * weight
+            weigh(across, bounds[y, 0], bounds[y, 1], weights[y], acc, size)
             for x in range(size):
                 out[y, x] = min(max(acc[x] >> PRECISION, 0), 255)
 
