@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +34,19 @@ def default_decode_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def exit_with_parent(parent: int) -> None:
+    """In a decoding process: end once ``parent``, the process that started it, has ended, even
+    by SIGKILL (a pool's workers would otherwise wait on their queue for ever); a daemon thread
+    looks once a second."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class AsyncTriageClient(ClientBase):
     """The asyncio twin of :class:`client.TriageClient` (same arguments, awaitable calls, and
     ``decode_workers``, default :func:`default_decode_workers`).
@@ -51,7 +65,12 @@ class AsyncTriageClient(ClientBase):
 
     @staticmethod
     def _new_pool(workers: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def _connect(self, connection: Connection) -> Any:
         import tritonclient.grpc.aio as aioclient

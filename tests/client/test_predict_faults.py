@@ -29,6 +29,27 @@ def wait_for_rows(out: Path, fmt: str, count: int, process: subprocess.Popen) ->
     raise AssertionError(f"fewer than {count} rows after 60 s")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (its decoding workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, ended but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def names(inputs: list[Path], out: Path) -> list[str]:
     """The sources of ``inputs`` in the rows of ``out``: paths relative to its folder."""
     return [os.path.relpath(path, out.parent) for path in inputs]
@@ -93,10 +114,16 @@ def test_command_killed_mid_run_then_resumed(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_rows(out, fmt, 100, process)
+    workers = children(process.pid)
+    assert workers, "no decoding process to outlive the command"
     process.send_signal(signal.SIGKILL)
     process.wait(10)
     survived = read_rows(out, fmt)
     assert 100 <= len(survived) < len(many_pngs), "killed too late: the test proves nothing"
+    deadline = time.monotonic() + 15  # they look for their parent once a second
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, workers)), "decoding processes outlived the killed command"
     done = run_cli(*args, "--resume")
     assert done.returncode == 0, done.stderr
     rows = assert_complete(out, fmt, many_pngs)
