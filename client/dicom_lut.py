@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from cxr.client.decode_errors import ImageDecodeError, dicom_errors, why
-from cxr.client.lut_kernel import kernels, readonly
+from cxr.client.lut_kernel import check_table, kernels, readonly
 from cxr.client.reduced import box_factor, centre_box, resize_square
 
 if TYPE_CHECKING:
@@ -151,9 +151,7 @@ def apply_lut(lut: np.ndarray, pixels: np.ndarray, *, size: int | None = None) -
     numba is installed (:mod:`cxr.client.lut_kernel`), else numpy a band of rows at a time, then
     Pillow: the same bytes."""
     codes = as_codes(pixels)
-    entries = 1 << (8 * codes.itemsize)
-    if len(lut) != entries:
-        raise ValueError(f"{codes.dtype} codes need a {entries:,}-entry table, not {len(lut):,}")
+    check_table(lut, codes)
     if codes.ndim != 2:
         if size is not None:
             raise ValueError(f"a model input needs a 2-D frame, not {codes.shape}")

@@ -72,8 +72,7 @@ class Kernels(NamedTuple):
         ``lut[codes]`` over the ``side`` square at ``top, left`` (checked to lie in the frame,
         the factor to divide it and ``lut`` to cover every code: numba checks no index)."""
         height, width = codes.shape
-        if len(lut) < 1 << (8 * codes.itemsize):
-            raise ValueError(f"{codes.dtype} codes need a table for each, not {len(lut):,}")
+        check_table(lut, codes)
         inside = min(top, left) >= 0 and top + side <= height and left + side <= width
         if not inside or side < 1 or size < 1 or factor < 1 or side % factor:
             raise ValueError(
@@ -97,6 +96,14 @@ class Kernels(NamedTuple):
             out,
         )
         return out
+
+
+def check_table(lut: np.ndarray, codes: np.ndarray) -> None:
+    """Refuse a table without exactly one entry per code of ``codes``' (unsigned) dtype: the
+    passes, and numpy's unchecked ``take``, would read past a short one."""
+    entries = 1 << (8 * codes.itemsize)
+    if len(lut) != entries:
+        raise ValueError(f"{codes.dtype} codes need a {entries:,}-entry table, not {len(lut):,}")
 
 
 def readonly(array: np.ndarray) -> np.ndarray:

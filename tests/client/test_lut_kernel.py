@@ -91,7 +91,7 @@ def test_frames_the_pass_cannot_take_are_refused_clearly() -> None:
             kernels().model_input(table, frame, top, left, side, factor, size)
     with pytest.raises(ValueError, match="no 0 px model input"):
         kernels().model_input(table, frame, 0, 0, 60, 1, 0)
-    with pytest.raises(ValueError, match="uint16 codes need a table for each, not 4,096"):
+    with pytest.raises(ValueError, match="uint16 codes need a 65,536-entry table, not 4,096"):
         kernels().model_input(table[:4096], frame, 0, 0, 60, 1, 8)
     with pytest.raises(ValueError, match="uint16 codes need a 65,536-entry table, not 4,096"):
         dicom_lut.apply_lut(np.zeros(4_096, np.uint8), frame)
